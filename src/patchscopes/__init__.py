@@ -1,0 +1,77 @@
+"""patchscopes: ask a language model what its own hidden states mean.
+
+A hidden state h from a source run (model M, prompt S, layer l, position i) is patched through a mapping f
+into a target run (model M*, prompt T, layer l*, position i*), and the target's output is read as a
+description of h (Ghandeharioun et al., 2024).
+
+    >>> import patchscopes as ps
+    >>> model = ps.load_model("smollm2-135m")
+    >>> scope = ps.Patchscope(ps.Source("The Eiffel Tower is in Paris", layer=8, position="Tower"),
+    ...                       ps.Target(ps.TOKEN_IDENTITY_PROMPT, layer=8, position=-1))
+    >>> ps.run(scope, model)[0].top_token
+    >>> ps.sweep(model, "The Eiffel Tower is in Paris", "token-identity")  # a DataFrame
+"""
+
+from patchscopes.architectures import ArchitectureSpec, known_model_types, register_architecture
+from patchscopes.batching import BatchBudget
+from patchscopes.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_status
+from patchscopes.errors import PatchscopesError
+from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
+from patchscopes.model import LanguageModel, load_model
+from patchscopes.presets import (
+    ENTITY_DESCRIPTION,
+    ENTITY_DESCRIPTION_PROMPT,
+    LOGIT_LENS,
+    PRESETS,
+    TOKEN_IDENTITY,
+    TOKEN_IDENTITY_PROMPT,
+    Preset,
+    get_preset,
+)
+from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
+from patchscopes.runner import run
+from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
+from patchscopes.specs import parse_spec
+from patchscopes.sweep import plan_sweep, sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "ENTITY_DESCRIPTION",
+    "ENTITY_DESCRIPTION_PROMPT",
+    "LOGIT_LENS",
+    "PRESETS",
+    "TOKEN_IDENTITY",
+    "TOKEN_IDENTITY_PROMPT",
+    "Affine",
+    "ArchitectureSpec",
+    "BatchBudget",
+    "FunctionMapping",
+    "Generate",
+    "Identity",
+    "LanguageModel",
+    "Mapping",
+    "NextToken",
+    "PatchResult",
+    "Patchscope",
+    "PatchscopesError",
+    "Preset",
+    "Readings",
+    "Source",
+    "Target",
+    "cache_dir",
+    "embedded_status",
+    "get_preset",
+    "known_model_types",
+    "load_model",
+    "load_results",
+    "parse_spec",
+    "plan_sweep",
+    "register_architecture",
+    "results_to_frame",
+    "run",
+    "save_results",
+    "sweep",
+]

@@ -1,0 +1,79 @@
+"""Micro-batching under a memory budget, with out-of-memory back-off on GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from patchscopes.errors import PatchscopesError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    e for e in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if e
+)
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    """How much one forward pass may hold. A batch is cut at whichever limit comes first.
+
+    Attributes:
+        rows: The most batch rows.
+        tokens: The most tokens (rows × tokens each row runs).
+        bytes: An estimate of the memory one batch may need (key/value cache, activations and logits).
+    """
+
+    rows: int | None = 256
+    tokens: int | None = 16384
+    bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "tokens", "bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PatchscopesError(f"the batch budget's {name} must be at least 1, got {value}")
+
+    def rows_per_batch(self, tokens_per_row: int, bytes_per_row: int) -> int:
+        """How many rows fit in one batch."""
+        limits = [self.rows] if self.rows else []
+        if self.tokens:
+            limits.append(self.tokens // max(1, tokens_per_row))
+        if self.bytes:
+            limits.append(self.bytes // max(1, bytes_per_row))
+        return max(1, min(limits)) if limits else 1 << 30
+
+
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive pieces of at most ``size``."""
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def run_with_backoff(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """Call ``fn(items)``; on a GPU out-of-memory error, halve the batch and retry each half."""
+    try:
+        return fn(items)
+    except _OOM_ERRORS as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(items) <= 1:
+            raise PatchscopesError(
+                "out of memory on a single batch row",
+                hint="use a smaller model, a shorter prompt, fewer new tokens, or another device",
+            ) from err
+        half = len(items) // 2
+        return run_with_backoff(fn, items[:half]) + run_with_backoff(fn, items[half:])
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of key/value cache one token takes across all layers (an estimate from the config)."""
+    cfg = model.hf.config.get_text_config() if hasattr(model.hf.config, "get_text_config") else model.hf.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or model.hidden_size // heads
+    element = torch.finfo(model.dtype).bits // 8
+    return 2 * model.num_layers * kv_heads * head_dim * element

@@ -1,0 +1,156 @@
+"""Results of patches: one :class:`PatchResult` per patch, tables and files.
+
+Tables are pandas DataFrames with one row per patch. :func:`save_results` writes them as JSON (a list of
+records), CSV (list columns as JSON strings) or Parquet, chosen by the file's extension, and
+:func:`load_results` reads any of them back into the same DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from patchscopes.errors import PatchscopesError
+
+LIST_COLUMNS = (
+    "top_tokens", "top_token_ids", "top_probs",
+    "baseline_top_tokens", "baseline_top_token_ids", "baseline_top_probs", "generated_token_ids",
+)
+
+
+@dataclass
+class Readings:
+    """What one target run showed: the top-k next tokens and, for generation, the text."""
+
+    top_tokens: list[str]
+    top_token_ids: list[int]
+    top_probs: list[float]
+    generated_text: str | None = None
+    generated_token_ids: list[int] | None = None
+    logits: torch.Tensor | None = field(default=None, repr=False)
+
+
+@dataclass
+class PatchResult:
+    """The outcome of one patch, with its resolved coordinates.
+
+    Attributes:
+        source_model, target_model: The models' names.
+        source_prompt, source_layer, source_position, source_token: The resolved source (l, i and the
+            token at i).
+        target_prompt, target_layer, target_position: The resolved target (l*, i*).
+        mapping: The name of f.
+        readings: What the patched run showed.
+        baseline: What the same target run showed without the patch, when asked for.
+    """
+
+    source_model: str
+    source_prompt: str
+    source_layer: int
+    source_position: int
+    source_token: str
+    target_model: str
+    target_prompt: str
+    target_layer: int
+    target_position: int
+    mapping: str
+    readings: Readings
+    baseline: Readings | None = None
+
+    @property
+    def top_token(self) -> str:
+        """The most likely next token of the patched run."""
+        return self.readings.top_tokens[0] if self.readings.top_tokens else ""
+
+    @property
+    def generated_text(self) -> str | None:
+        return self.readings.generated_text
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self.readings.logits
+
+    def to_record(self) -> dict:
+        """A flat, JSON-safe dict (no tensors)."""
+        record = {k: v for k, v in asdict(self).items() if k not in ("readings", "baseline")}
+        r = self.readings
+        record.update(
+            top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,
+            generated_text=r.generated_text, generated_token_ids=r.generated_token_ids,
+        )
+        b = self.baseline
+        record.update(
+            baseline_top_tokens=None if b is None else b.top_tokens,
+            baseline_top_token_ids=None if b is None else b.top_token_ids,
+            baseline_top_probs=None if b is None else b.top_probs,
+            baseline_generated_text=None if b is None else b.generated_text,
+        )
+        return record
+
+
+def results_to_frame(results: list[PatchResult]) -> pd.DataFrame:
+    """One row per patch; list columns hold Python lists. ``top_token`` is the patched argmax."""
+    frame = pd.DataFrame([r.to_record() for r in results])
+    if len(frame):
+        frame.insert(frame.columns.get_loc("top_tokens"), "top_token", [r.top_token for r in results])
+        frame.insert(frame.columns.get_loc("top_probs") + 1, "top_prob",
+                     [r.readings.top_probs[0] if r.readings.top_probs else None for r in results])
+    return frame
+
+
+def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a results table to ``.json``, ``.csv`` or ``.parquet`` (by extension)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        path.write_text(json.dumps(_records(frame), indent=1, ensure_ascii=False))
+    elif suffix == ".csv":
+        out = frame.copy()
+        for col in out.columns:
+            if col in LIST_COLUMNS or out[col].map(lambda v: isinstance(v, (list, dict))).any():
+                out[col] = out[col].map(lambda v: None if v is None else json.dumps(v, ensure_ascii=False))
+        out.to_csv(path, index=False)
+    elif suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
+    return path
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`save_results`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PatchscopesError(f"no such results file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return pd.DataFrame(json.loads(path.read_text()))
+    if suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        for col in frame.columns:
+            if col in LIST_COLUMNS:
+                frame[col] = frame[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+        return frame
+    if suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+        for col in frame.columns:
+            if col in LIST_COLUMNS:
+                frame[col] = frame[col].map(lambda v: None if v is None else list(v))
+        return frame
+    raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    records = frame.to_dict(orient="records")
+    for rec in records:
+        for key, value in rec.items():
+            if hasattr(value, "tolist"):
+                rec[key] = value.tolist()
+            elif isinstance(value, float) and value != value:  # NaN
+                rec[key] = None
+    return records

@@ -1,0 +1,76 @@
+"""Running patchscopes: :func:`run` turns patchscopes into results with either engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from patchscopes.batched import run_batched
+from patchscopes.batching import BatchBudget
+from patchscopes.errors import PatchscopesError
+from patchscopes.jobs import Job, resolve_jobs
+from patchscopes.model import LanguageModel
+from patchscopes.reference import run_reference, target_run
+from patchscopes.results import PatchResult, Readings
+from patchscopes.scope import Patchscope
+
+Engine = Literal["batched", "reference"]
+
+
+def run(
+    scopes: Patchscope | Sequence[Patchscope],
+    model: LanguageModel | None = None,
+    *,
+    engine: Engine = "batched",
+    baseline: bool = False,
+    budget: BatchBudget | None = None,
+    progress: bool = False,
+) -> list[PatchResult]:
+    """Run one or many patchscopes.
+
+    Args:
+        scopes: The patches; each is an independent job.
+        model: The model for sources and targets that name none.
+        engine: ``"batched"`` (fast: shared work done once, rows batched) or ``"reference"`` (one plain
+            forward per patch with hooks; the ground truth).
+        baseline: Also run each distinct target unpatched and attach it to every result.
+        budget: Micro-batch limits of the batched engine.
+        progress: Show a progress bar.
+
+    Returns:
+        One :class:`~patchscopes.results.PatchResult` per scope, in order.
+
+    Raises:
+        PatchscopesError: A scope is invalid (checked for all scopes before anything runs).
+    """
+    if isinstance(scopes, Patchscope):
+        scopes = [scopes]
+    jobs = resolve_jobs(list(scopes), model)
+    bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
+    try:
+        with torch.no_grad():
+            if engine == "batched":
+                results = run_batched(jobs, budget or BatchBudget(), progress=bar)
+            elif engine == "reference":
+                results = run_reference(jobs, progress=bar)
+            else:
+                raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
+            if baseline:
+                attach_baselines(jobs, results)
+    finally:
+        bar.close()
+    return results
+
+
+def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> None:
+    """Run each distinct target once without a patch and attach its readings to the results."""
+    cache: dict[tuple, Readings] = {}
+    for job, result in zip(jobs, results):
+        key = (id(job.target_model), job.target_ids, job.readout_position, job.readout)
+        if key not in cache:
+            cache[key] = target_run(job.target_model, job.target_ids, job.readout,
+                                    readout_position=job.readout_position, patch=None)
+        result.baseline = cache[key]

@@ -1,0 +1,76 @@
+"""Parsing the layer and position specifications of the command line and of :func:`patchscopes.sweep`.
+
+A SPEC is ``all``, a comma-separated list ``0,3,5``, a range ``2:10`` (Python's convention: 2 to 9; a
+step is allowed, ``0:30:5``), or any mix ``0,4:8,-1``. Negative numbers count from the end. In Python,
+an int or a list of ints works too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from patchscopes.errors import PatchscopesError
+
+Spec = str | int | Sequence[int] | None
+
+
+def parse_spec(spec: Spec, size: int, *, what: str = "layer") -> list[int]:
+    """Resolve ``spec`` against a dimension of ``size`` items into sorted, unique, non-negative indices.
+
+    Args:
+        spec: The specification (``None`` means ``all``).
+        size: The number of items (layers, or tokens of a prompt).
+        what: The name used in error messages.
+
+    Raises:
+        PatchscopesError: The spec is malformed or names an index out of range.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(size))
+    if isinstance(spec, bool):
+        raise PatchscopesError(f"invalid {what} spec {spec!r}")
+    if isinstance(spec, int):
+        items: list[int] = [spec]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if ":" in part:
+                    bounds = part.split(":")
+                    if len(bounds) > 3:
+                        raise ValueError
+                    start = int(bounds[0]) if bounds[0] else 0
+                    stop = int(bounds[1]) if bounds[1] else size
+                    step = int(bounds[2]) if len(bounds) == 3 and bounds[2] else 1
+                    if step <= 0:
+                        raise ValueError
+                    start, stop = _clip(start, size), _clip(stop, size)
+                    items.extend(range(start, stop, step))
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise PatchscopesError(
+                    f"invalid {what} spec {spec!r}",
+                    hint="use 'all', a list like '0,3,5', a range like '2:10' (2 to 9), or a mix",
+                ) from None
+    else:
+        items = [int(i) for i in spec]
+    out = set()
+    for index in items:
+        if not -size <= index < size:
+            raise PatchscopesError(
+                f"{what} {index} is out of range: there are {size} {what}s",
+                hint=f"use {what}s 0..{size - 1} (or -1..-{size} from the end)",
+            )
+        out.add(index % size)
+    if not out:
+        raise PatchscopesError(f"the {what} spec {spec!r} selects nothing")
+    return sorted(out)
+
+
+def _clip(index: int, size: int) -> int:
+    if index < 0:
+        index += size
+    return max(0, min(index, size))

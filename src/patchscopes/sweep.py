@@ -1,0 +1,124 @@
+"""Sweeps: a preset or patchscope over source layers × positions × target layers, as a DataFrame.
+
+:func:`plan_sweep` returns the list of independent jobs (plain :class:`~patchscopes.scope.Patchscope`
+values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tabulates the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from patchscopes.batching import BatchBudget
+from patchscopes.errors import PatchscopesError
+from patchscopes.model import LanguageModel
+from patchscopes.presets import Preset, get_preset
+from patchscopes.results import results_to_frame
+from patchscopes.runner import Engine, run
+from patchscopes.scope import Patchscope, Readout, Source
+from patchscopes.specs import Spec, parse_spec
+
+
+def plan_sweep(
+    model: LanguageModel,
+    prompts: str | Sequence[str],
+    scope: str | Preset = "token-identity",
+    *,
+    layers: Spec = "all",
+    positions: Spec | Sequence[str] = "all",
+    target_layers: Spec | None = None,
+    target_prompt: str | None = None,
+    target_model: LanguageModel | None = None,
+    mapping=None,
+    readout: Readout | None = None,
+    top_k: int | None = None,
+    max_new_tokens: int | None = None,
+) -> list[Patchscope]:
+    """The patches of a sweep, one per (prompt, source layer, source position, target layer).
+
+    Args:
+        model: The source model M.
+        prompts: One or more source prompts S.
+        scope: A preset name (``token-identity``, ``logit-lens``, ``description``) or a :class:`Preset`.
+        layers: Source layers l (a SPEC: ``"all"``, ``"0,3,5"``, ``"2:10"``, an int or a list).
+        positions: Source positions i: a SPEC over each prompt's tokens, or a list of substrings.
+        target_layers: Target layers l*; by default the preset's (l* = l for token identity).
+        target_prompt: Replaces the preset's target prompt (it must keep the preset's placeholder).
+        target_model: M*, if not the source model.
+        mapping: f, if not the identity.
+        readout: Replaces the preset's readout.
+        top_k: Number of top tokens kept.
+        max_new_tokens: Generate this many tokens (turns a next-token preset into generation).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise PatchscopesError("no source prompts given")
+    preset = get_preset(scope).with_options(
+        target_prompt=target_prompt, readout=readout, top_k=top_k, max_new_tokens=max_new_tokens
+    )
+    tmodel = target_model or model
+    source_layers = parse_spec(layers, model.num_layers, what="layer")
+    if target_layers is None:
+        presets = [preset]
+    else:
+        presets = [preset.with_options(target_layer=t)
+                   for t in parse_spec(target_layers, tmodel.num_layers, what="target layer")]
+    scopes = []
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PatchscopesError("a source prompt is empty", hint="give non-empty prompts")
+        n_tokens = len(model.encode(prompt))
+        if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, str) for p in positions):
+            source_positions: list[int | str] = list(positions)
+        else:
+            source_positions = list(parse_spec(positions, n_tokens, what="position"))
+        for layer in source_layers:
+            for position in source_positions:
+                for p in presets:
+                    scopes.append(p.build(Source(prompt, layer, position), source_model=model,
+                                          target_model=tmodel, mapping=mapping))
+    return scopes
+
+
+def sweep(
+    model: LanguageModel,
+    prompts: str | Sequence[str],
+    scope: str | Preset = "token-identity",
+    *,
+    layers: Spec = "all",
+    positions: Spec | Sequence[str] = "all",
+    target_layers: Spec | None = None,
+    target_prompt: str | None = None,
+    target_model: LanguageModel | None = None,
+    mapping=None,
+    readout: Readout | None = None,
+    top_k: int | None = None,
+    max_new_tokens: int | None = None,
+    baseline: bool = False,
+    engine: Engine = "batched",
+    budget: BatchBudget | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Run a sweep and return one row per patch.
+
+    Takes the arguments of :func:`plan_sweep` and of :func:`~patchscopes.runner.run`. Columns: the
+    source and target coordinates (``source_layer``, ``source_position``, ``source_token``,
+    ``target_layer``, ``target_position``...), ``top_token``, ``top_tokens``, ``top_token_ids``,
+    ``top_probs``, ``generated_text`` (generation only) and the ``baseline_*`` columns when
+    ``baseline=True``.
+
+    Example:
+        >>> df = sweep(model, "The Eiffel Tower is in Paris", "token-identity", layers="0:30:5")
+        >>> df.pivot(index="source_layer", columns="source_position", values="top_token")
+    """
+    scopes = plan_sweep(
+        model, prompts, scope, layers=layers, positions=positions, target_layers=target_layers,
+        target_prompt=target_prompt, target_model=target_model, mapping=mapping, readout=readout,
+        top_k=top_k, max_new_tokens=max_new_tokens,
+    )
+    results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress)
+    frame = results_to_frame(results)
+    frame.insert(0, "scope", get_preset(scope).name)
+    return frame
