@@ -33,7 +33,8 @@ class ArchitectureSpec:
     Attributes:
         name: A short name for the family, used in messages.
         model_types: The ``config.model_type`` values this description covers.
-        blocks: Attribute path to the ``nn.ModuleList`` of decoder blocks.
+        blocks: Attribute path to the ``nn.ModuleList`` of decoder blocks. Any path may list
+            alternatives separated by ``|``, e.g. ``"lm_head|embed_out"``.
         final_norm: Attribute path to the norm applied after the last block.
         unembed: Attribute path to the unembedding (``lm_head``) linear layer.
         embed: Attribute path to the token embedding.
@@ -63,7 +64,7 @@ BUILTIN_ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
     ),
     ArchitectureSpec(
         "gpt-neox", ("gpt_neox",), blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm",
-        unembed="embed_out", embed="gpt_neox.embed_in",
+        unembed="lm_head|embed_out", embed="gpt_neox.embed_in",
     ),
     ArchitectureSpec("llama", ("llama",), **_LLAMA_LIKE),
     ArchitectureSpec("mistral", ("mistral",), **_LLAMA_LIKE),
@@ -105,7 +106,19 @@ def known_model_types() -> list[str]:
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
-    """Follow a dotted attribute path from ``root``; raise ``AttributeError`` naming the missing part."""
+    """Follow a dotted attribute path from ``root``; raise ``AttributeError`` naming the missing part.
+
+    ``path`` may list alternatives separated by ``|`` (names differ across transformers versions); the
+    first that resolves is used.
+    """
+    if "|" in path:
+        errors = []
+        for alternative in path.split("|"):
+            try:
+                return get_module(root, alternative)
+            except AttributeError as err:
+                errors.append(str(err))
+        raise AttributeError("; ".join(errors))
     module: object = root
     for part in path.split("."):
         if not hasattr(module, part):

@@ -1,0 +1,8 @@
+"""The ``patchscopes`` command line. Each command lives in its own module and registers on :data:`app`."""
+
+from patchscopes.cli.app import app, eval_app, main
+
+# Importing the command modules registers their commands.
+from patchscopes.cli import inspect_cmd, models_cmd  # noqa: E402,F401  isort: skip
+
+__all__ = ["app", "eval_app", "main"]

@@ -1,0 +1,59 @@
+"""The typer application, its ``eval`` group, and the error handling every command shares.
+
+Commands are registered by modules of this package on :data:`app` (``patchscopes NAME``) or
+:data:`eval_app` (``patchscopes eval NAME``). A :class:`~patchscopes.errors.PatchscopesError` raised by a
+command is printed as one message, without a traceback, and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from patchscopes.errors import PatchscopesError
+
+app = typer.Typer(
+    name="patchscopes",
+    help="Ask a language model what its own hidden states mean (Patchscopes).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn :class:`PatchscopesError` into one clear message on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PatchscopesError as err:
+            err_console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+            if err.hint:
+                err_console.print(f"[bold]hint:[/] {err.hint}", highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def main() -> None:
+    """Entry point of the ``patchscopes`` script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
