@@ -102,9 +102,8 @@ def _capture_batch(model: LanguageModel, prompts, needs) -> list[dict[tuple, tor
         )
         for layer, entries in per_layer.items()
     }
-    with torch.no_grad(), hooks_on(model.arch.blocks, hooks):
-        with contextlib.suppress(StopForward):
-            model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+    with torch.no_grad(), hooks_on(model.arch.blocks, hooks), contextlib.suppress(StopForward):
+        model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
     parts: list[dict[tuple, torch.Tensor]] = [{} for _ in prompts]
     for layer, entries in per_layer.items():
         for k, (row, _, key) in enumerate(entries):
@@ -133,10 +132,7 @@ def apply_mappings(jobs: Sequence[Job], hidden: dict[int, torch.Tensor]) -> dict
 def _target_groups(jobs: Sequence[Job]) -> dict[tuple, list[Job]]:
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in jobs:
-        if isinstance(job.readout, NextToken):
-            key = ("next", job.readout_position)
-        else:
-            key = ("generate", job.readout)
+        key = ("next", job.readout_position) if isinstance(job.readout, NextToken) else ("generate", job.readout)
         groups[(job.target_model, job.target_ids, job.target_position, key)].append(job)
     return groups
 

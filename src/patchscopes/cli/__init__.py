@@ -3,6 +3,6 @@
 from patchscopes.cli.app import app, eval_app, main
 
 # Importing the command modules registers their commands.
-from patchscopes.cli import inspect_cmd, models_cmd  # noqa: E402,F401  isort: skip
+from patchscopes.cli import inspect_cmd, models_cmd  # noqa: F401  isort: skip
 
 __all__ = ["app", "eval_app", "main"]
