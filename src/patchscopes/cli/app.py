@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from patchscopes.errors import PatchscopesError
 
@@ -42,9 +43,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PatchscopesError as err:
-            err_console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+            # The message may quote user input (prompts, paths, token text): never read it as rich markup.
+            err_console.print(Text.assemble(("error: ", "bold red"), err.message), highlight=False, soft_wrap=True)
             if err.hint:
-                err_console.print(f"[bold]hint:[/] {err.hint}", highlight=False)
+                err_console.print(Text.assemble(("hint: ", "bold"), err.hint), highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
