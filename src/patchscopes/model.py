@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -155,10 +156,10 @@ class LanguageModel:
         if logits_to_keep is not None and self._accepts_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         out = self.hf(**kwargs)
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
-        return out.logits, new_cache
+        if not use_cache:
+            return out.logits, None
+        key = "cache" if self._cache_kwarg == "cache" else "past_key_values"
+        return out.logits, out.get(key) if hasattr(out, "get") else getattr(out, key, None)
 
     def check_layer(self, layer: int, what: str = "layer") -> int:
         """Resolve a possibly negative layer index to ``[0, L)``; raise a clear error if out of range."""
@@ -171,6 +172,23 @@ class LanguageModel:
                 hint=f"use a layer in 0..{n - 1}, or -1..-{n} to count from the end",
             )
         return layer % n
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' per-tensor progress bars and info logs while loading."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _as_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | None:
@@ -195,9 +213,10 @@ def _convert_gguf(gguf_file: Path) -> Path:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
-            )
+            with _quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+                )
         except Exception as err:  # the gguf reader raises many kinds of errors on a bad file
             raise PatchscopesError(
                 f"could not read the GGUF file {gguf_file}: {type(err).__name__}: {err}",
@@ -208,7 +227,8 @@ def _convert_gguf(gguf_file: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         mark_converted(tmp, gguf_file)
         if target.exists():
@@ -272,7 +292,8 @@ def load_model(
         kwargs["device_map"] = "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _quiet_transformers():
+            hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except PatchscopesError:
         raise
     except Exception as err:
@@ -282,5 +303,11 @@ def load_model(
             "or a hub id where the Hugging Face hub is reachable",
         ) from err
     if device != "auto":
-        hf_model = hf_model.to(device)
+        try:
+            hf_model = hf_model.to(device)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise PatchscopesError(
+                f"could not move the model to device {device!r}: {err}",
+                hint="use 'cpu', or a device this machine has (see torch.cuda.is_available())",
+            ) from err
     return LanguageModel(hf_model, tokenizer, name=display, spec=spec)

@@ -8,6 +8,9 @@ over the output of block ``target.layer`` at ``target.position`` while ``target.
 Layer l is the output of decoder block l (Hugging Face ``hidden_states[l + 1]``, before the final norm);
 positions index the model's own tokens, special tokens included. Negative layers and positions count from
 the end. A position may be a string: the last token of its last occurrence in the prompt.
+
+A prompt is text, or a tuple of token ids used exactly as given (no special tokens are added): this lets a
+caller run a document cut at a token boundary without a round trip through text.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ class Source:
     """Where h comes from: (S, i, M, l).
 
     Attributes:
-        prompt: S, the source prompt.
+        prompt: S, the source prompt: text, or a tuple of token ids used as given.
         layer: l, the decoder block whose output is read.
         position: i, a token index or a substring (its last token).
         model: M; ``None`` means the model given to :func:`patchscopes.run`.
     """
 
-    prompt: str
+    prompt: str | tuple[int, ...]
     layer: int
     position: int | str = -1
     model: LanguageModel | None = field(default=None, repr=False)
@@ -42,7 +45,7 @@ class Target:
     """Where f(h) goes: (T, i*, f, M*, l*).
 
     Attributes:
-        prompt: T, the target prompt.
+        prompt: T, the target prompt: text, or a tuple of token ids used as given.
         layer: l*, the decoder block whose output is overwritten.
         position: i*, a token index or a substring such as the placeholder ``"x"``.
         mapping: f; ``None`` is the identity. A :class:`~patchscopes.mappings.Affine`, any callable
@@ -50,7 +53,7 @@ class Target:
         model: M*; ``None`` means the source model.
     """
 
-    prompt: str
+    prompt: str | tuple[int, ...]
     layer: int
     position: int | str = -1
     mapping: Mapping | object | None = None
@@ -120,11 +123,14 @@ class Patchscope:
     readout: Readout = NextToken()
 
 
-def resolve_position(model: LanguageModel, prompt: str, ids: list[int], position: int | str, what: str) -> int:
+def resolve_position(
+    model: LanguageModel, prompt: str | tuple[int, ...], ids: list[int], position: int | str, what: str
+) -> int:
     """Resolve ``position`` in ``prompt`` (tokenized as ``ids``) to a non-negative token index.
 
     Raises:
-        PatchscopesError: The index is out of range, or the substring does not occur in the prompt.
+        PatchscopesError: The index is out of range, or the substring does not occur in the prompt (a
+            substring position needs a text prompt).
     """
     n = len(ids)
     if isinstance(position, bool):
@@ -139,6 +145,11 @@ def resolve_position(model: LanguageModel, prompt: str, ids: list[int], position
     if isinstance(position, str):
         if not position:
             raise PatchscopesError(f"{what} is an empty string")
+        if not isinstance(prompt, str):
+            raise PatchscopesError(
+                f"{what} {position!r} is a substring, but the prompt is given as token ids",
+                hint="give a token index for a prompt of token ids",
+            )
         end = _last_occurrence_end(prompt, position)
         if end is None:
             raise PatchscopesError(
@@ -150,16 +161,22 @@ def resolve_position(model: LanguageModel, prompt: str, ids: list[int], position
 
 
 def contains_placeholder(prompt: str, placeholder: str) -> bool:
-    """Whether ``placeholder`` occurs in ``prompt`` (as a whole word when it is a word)."""
-    return _last_occurrence_end(prompt, placeholder) is not None
+    """Whether ``placeholder`` occurs in ``prompt`` as a whole word (``x`` in ``text`` does not count)."""
+    return _last_occurrence_end(prompt, placeholder, whole_word=True) is not None
 
 
-def _last_occurrence_end(prompt: str, sub: str) -> int | None:
-    """End offset of the last occurrence of ``sub``, as a whole word where ``sub`` starts/ends with one."""
+def _last_occurrence_end(prompt: str, sub: str, *, whole_word: bool = False) -> int | None:
+    """End offset of the last occurrence of ``sub``.
+
+    A whole-word occurrence is preferred where ``sub`` starts or ends with a word character; otherwise the
+    last plain occurrence is used, unless ``whole_word`` is set.
+    """
     left = r"(?<!\w)" if sub[0].isalnum() else ""
     right = r"(?!\w)" if sub[-1].isalnum() else ""
     matches = list(re.finditer(left + re.escape(sub) + right, prompt))
     if not matches:
+        if whole_word:
+            return None
         idx = prompt.rfind(sub)
         return None if idx < 0 else idx + len(sub)
     return matches[-1].end()
@@ -189,5 +206,7 @@ def _token_at_char(model: LanguageModel, prompt: str, ids: list[int], char: int)
     return len(ids) - 1
 
 
-def _short(prompt: str, width: int = 40) -> str:
+def _short(prompt: str | tuple[int, ...], width: int = 40) -> str:
+    if not isinstance(prompt, str):
+        return f"<{len(prompt)} token ids>"
     return repr(prompt if len(prompt) <= width else prompt[: width - 3] + "...")
