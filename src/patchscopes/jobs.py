@@ -145,7 +145,16 @@ def finish_generation(model: LanguageModel, new_ids: Sequence[int], readout: Gen
             break
         kept.append(int(token))
     text = model.decode(kept)
-    return cut_at_stop(text, readout.stop), kept
+    cut = cut_at_stop(text, readout.stop)
+    if cut != text:
+        # Keep the ids up to the token that completes the first stop string, as decoding stops there; the
+        # reference engine generates past it, and both must report the same ids.
+        for end in range(1, len(kept) + 1):
+            partial = model.decode(kept[:end])
+            if cut_at_stop(partial, readout.stop) != partial:
+                kept = kept[:end]
+                break
+    return cut, kept
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
