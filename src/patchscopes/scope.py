@@ -103,6 +103,20 @@ class Generate:
     seed: int = 0
     top_tokens: int = 10
 
+    def __post_init__(self) -> None:
+        # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) for s in stop):
+            raise PatchscopesError(f"stop strings must be strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+        if self.do_sample and not self.temperature > 0:
+            raise PatchscopesError(f"the sampling temperature must be positive, got {self.temperature}",
+                                   hint="use do_sample=False for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise PatchscopesError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise PatchscopesError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
+
 
 Readout = NextToken | Generate
 
