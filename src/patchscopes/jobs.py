@@ -31,18 +31,20 @@ class Job:
     mapping: Mapping
     readout: Readout
     readout_position: int | None  # NextToken only
+    source_text: str | None = None  # the source prompt as text, when it was given as token ids
+    target_text: str | None = None  # the same for the target prompt
 
     def result(self, readings: Readings) -> PatchResult:
         """Wrap the readings of this job's patched run into a :class:`PatchResult`."""
         src_token = self.source_model.token_strings([self.source_ids[self.source_position]])[0]
         return PatchResult(
             source_model=self.source_model.name,
-            source_prompt=self.scope.source.prompt,
+            source_prompt=self.source_text if self.source_text is not None else self.scope.source.prompt,
             source_layer=self.source_layer,
             source_position=self.source_position,
             source_token=src_token,
             target_model=self.target_model.name,
-            target_prompt=self.scope.target.prompt,
+            target_prompt=self.target_text if self.target_text is not None else self.scope.target.prompt,
             target_layer=self.target_layer,
             target_position=self.target_position,
             mapping=self.mapping.name,
@@ -56,10 +58,13 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
     Raises:
         PatchscopesError: On the first invalid scope, naming it.
     """
-    encoded: dict[tuple[int, str], list[int]] = {}
+    encoded: dict[tuple[int, str | tuple[int, ...]], list[int]] = {}
+    texts: dict[tuple[int, tuple[int, ...]], str] = {}
     checked: set[tuple[int, int, int]] = set()
 
-    def encode(m: LanguageModel, prompt: str, what: str) -> list[int]:
+    def encode(m: LanguageModel, prompt: str | tuple[int, ...], what: str) -> list[int]:
+        if isinstance(prompt, (tuple, list)):
+            return _token_prompt(m, tuple(prompt), what)
         if not isinstance(prompt, str) or not prompt.strip():
             raise PatchscopesError(f"the {what} is empty", hint=f"give a non-empty {what}")
         key = (id(m), prompt)
@@ -68,6 +73,27 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             if not encoded[key]:
                 raise PatchscopesError(f"the {what} {prompt!r} has no tokens")
         return encoded[key]
+
+    def _token_prompt(m: LanguageModel, prompt: tuple[int, ...], what: str) -> list[int]:
+        key = (id(m), prompt)
+        if key not in encoded:
+            if not prompt:
+                raise PatchscopesError(f"the {what} is empty", hint=f"give a non-empty {what}")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < m.vocab_size for t in prompt):
+                raise PatchscopesError(
+                    f"the {what} is a sequence of token ids, but not all are integers in 0..{m.vocab_size - 1}",
+                    hint="give text, or a tuple of the model's token ids",
+                )
+            encoded[key] = list(prompt)
+        return encoded[key]
+
+    def text(m: LanguageModel, prompt: str | tuple[int, ...]) -> str | None:
+        if isinstance(prompt, str):
+            return None
+        key = (id(m), tuple(prompt))
+        if key not in texts:
+            texts[key] = m.decode(prompt)
+        return texts[key]
 
     jobs = []
     for index, scope in enumerate(scopes):
@@ -111,7 +137,8 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             checked.add(key)
         jobs.append(
             Job(index, scope, src_model, tuple(src_ids), src_layer, src_pos, tgt_model, tuple(tgt_ids),
-                tgt_layer, tgt_pos, mapping, readout, readout_pos)
+                tgt_layer, tgt_pos, mapping, readout, readout_pos,
+                source_text=text(src_model, src.prompt), target_text=text(tgt_model, tgt.prompt))
         )
     return jobs
 
