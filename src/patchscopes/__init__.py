@@ -16,6 +16,8 @@ from patchscopes.architectures import ArchitectureSpec, known_model_types, regis
 from patchscopes.batching import BatchBudget
 from patchscopes.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_status
 from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
+from patchscopes.lenses import Lens, TunedLensSettings, fit_affine, fit_affine_lens, train_tuned_lens
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
 from patchscopes.model import LanguageModel, load_model
 from patchscopes.presets import (
@@ -33,6 +35,7 @@ from patchscopes.runner import run
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
+from patchscopes.text_data import read_documents, split_documents
 
 __version__ = "0.1.0"
 
@@ -52,6 +55,7 @@ __all__ = [
     "Generate",
     "Identity",
     "LanguageModel",
+    "Lens",
     "Mapping",
     "NextToken",
     "PatchResult",
@@ -61,17 +65,25 @@ __all__ = [
     "Readings",
     "Source",
     "Target",
+    "TunedLensSettings",
     "cache_dir",
     "embedded_status",
+    "evaluate_next_token",
+    "fit_affine",
+    "fit_affine_lens",
     "get_preset",
     "known_model_types",
     "load_model",
     "load_results",
+    "next_token_samples",
     "parse_spec",
     "plan_sweep",
+    "read_documents",
     "register_architecture",
     "results_to_frame",
     "run",
     "save_results",
+    "split_documents",
     "sweep",
+    "train_tuned_lens",
 ]

@@ -1,0 +1,161 @@
+"""``patchscopes eval next-token``: the paper's Experiment 1 on any causal LM.
+
+Evaluates on the ``eval`` part of the text files (the documents a lens from ``patchscopes fit-lens`` on the
+same files was not fitted on; documents a given lens saw are left out in any case), prints Precision@1 and
+surprisal per layer and method, and writes ``--json`` records and a ``--plot`` figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from patchscopes.cli.app import console, eval_app, handle_errors
+from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
+from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
+from patchscopes.lenses import Lens
+from patchscopes.model import load_model
+from patchscopes.plots import save_figure
+from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
+
+PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
+
+
+def parse_methods(values: list[str] | None) -> list[str] | None:
+    """Method names from repeated and/or comma-separated options (``None``: all)."""
+    if not values:
+        return None
+    return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+@eval_app.command("next-token")
+@handle_errors
+def next_token_command(
+    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
+    ] = DEFAULT_MODEL,
+    samples: Annotated[
+        int, typer.Option("--samples", "-n", min=1, help="Positions to sample (one per window).")
+    ] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and random demonstrations.")] = 0,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help=f"Methods, comma-separated or repeated: {', '.join(NEXT_TOKEN_METHODS)}, and "
+                     "affine-lens / tuned-lens for each --lens.", show_default="all"),
+    ] = None,
+    lens: Annotated[
+        list[Path] | None, typer.Option("--lens", help="A lens folder from `patchscopes fit-lens` (repeatable).")
+    ] = None,
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Source layers: 'all', '0,5,10', '0:30:2'.")] = "all",
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=2, help="Documents are cut into windows of this many tokens.")
+    ] = 64,
+    demo_k: Annotated[int, typer.Option("--demo-k", min=1, help="Random demonstrations per prompt.")] = 3,
+    demo_sets: Annotated[int, typer.Option("--demo-sets", min=1, help="Random demonstration sets.")] = 3,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
+    ] = DEFAULT_EVAL_FRACTION,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the per-layer records here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+) -> None:
+    """Precision@1 and surprisal of next-token prediction from every layer, per method (paper, Exp. 1).
+
+    Examples:
+
+        patchscopes eval next-token --model smollm2-135m --text wiki.txt --lens lenses/smollm2-affine
+
+        patchscopes eval next-token --text wiki.txt --samples 200 --methods logit-lens,token-identity --plot f.html
+    """
+    if engine not in ("batched", "reference"):
+        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    if json_path is not None and json_path.suffix.lower() != ".json":
+        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
+                               hint="e.g. --plot next-token.html")
+    method_list = parse_methods(methods)
+    set_threads(threads)
+    docs = read_documents(text)
+    _, eval_docs = split_documents(docs, eval_fraction)
+    if not eval_docs:
+        raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
+                               hint="give more text or a larger --eval-fraction")
+    start = time.perf_counter()
+    lm = load_model(model, device=device, dtype=dtype)
+    lenses = [Lens.load(path, model=lm) for path in (lens or [])]
+    summary = evaluate_next_token(
+        lm, eval_docs, samples=samples, seed=seed, methods=method_list, lenses=lenses, layers=layers,
+        max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, engine=engine, progress=True,  # type: ignore[arg-type]
+    )
+    seconds = time.perf_counter() - start
+    attrs = summary.attrs
+    console.print(results_table(summary, title=f"next-token prediction · {lm.name}"))
+    console.print(Text(
+        f"{attrs['samples']} samples (one position per window of ≤{max_tokens} tokens) from {attrs['documents']} "
+        f"eval documents, {attrs['windows']} windows; skipped: {attrs['skipped_short_windows']} windows too short, "
+        f"{attrs['excluded_fit_documents']} documents a lens was fitted on; surprisal in nats; "
+        f"{seconds:.0f} s", style="dim"), soft_wrap=True)
+    if attrs["samples"] < samples:
+        console.print(Text(f"only {attrs['samples']} of the {samples} samples asked for: there are no more windows",
+                           style="yellow"), soft_wrap=True)
+    if json_path is not None:
+        write_records(summary, json_path, {"model": lm.name, "seconds": round(seconds, 1)})
+        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+    if plot is not None:
+        save_figure(next_token_figure(summary), plot)
+        console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+
+
+def write_records(summary: pd.DataFrame, path: Path, extra: dict) -> None:
+    """Write the summary as a JSON list of records (NaN as null), each with ``extra`` fields added."""
+    records = []
+    for rec in summary.to_dict(orient="records"):
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+        records.append({**clean, **extra, "samples": summary.attrs.get("samples")})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=1) + "\n")
+    except OSError as err:
+        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
+
+
+def results_table(summary: pd.DataFrame, *, title: str | None = None) -> Table:
+    """Layers as rows; per method, Precision@1 and surprisal (± spread across demonstration sets)."""
+    table = Table(title=Text(title) if title else None, title_justify="left")
+    table.add_column("layer", justify="right", style="bold")
+    methods = list(dict.fromkeys(summary["method"]))
+    for m in methods:
+        table.add_column(Text(f"{m}\nP@1 · surprisal"), justify="right", no_wrap=True)
+    by = {(r.method, r.layer): r for r in summary.itertuples()}
+    for layer in sorted(summary["layer"].unique()):
+        cells = [str(layer)]
+        for m in methods:
+            r = by.get((m, layer))
+            if r is None:
+                cells.append("")
+                continue
+            cell = f"{r.precision_at_1:.3f} · {r.surprisal:.2f}"
+            if not math.isnan(r.precision_at_1_std):
+                cell = f"{r.precision_at_1:.3f}±{r.precision_at_1_std:.3f} · {r.surprisal:.2f}"
+            cells.append(cell)
+        table.add_row(*cells)
+    return table
