@@ -84,11 +84,28 @@ def test_results_come_back_in_input_order(tiny_llama):
     assert [r.target_layer for r in forward] == [s.target.layer for s in scopes]
 
 
-def test_no_hooks_left_on_the_model(tiny_llama):
+def test_no_hooks_left_on_the_model(tiny_llama, monkeypatch):
+    # (transformers installs output-capturing hooks of its own the first time hidden states are asked for)
+    before = [list(block._forward_hooks) for block in tiny_llama.arch.blocks]
     scopes = custom_scopes(tiny_llama, layers=[1], target_layers=[1])
     ps.run(scopes, tiny_llama)
     ps.run(scopes, tiny_llama, engine="reference", baseline=True)
-    assert all(not block._forward_hooks for block in tiny_llama.arch.blocks)
+    assert [list(block._forward_hooks) for block in tiny_llama.arch.blocks] == before
+    # A run that fails half-way through removes its hooks too.
+    original, calls = tiny_llama.forward, []
+
+    def failing_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("failed half-way")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama, "forward", failing_forward)
+    for engine in ("batched", "reference"):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="failed half-way"):
+            ps.run(scopes, tiny_llama, engine=engine)
+        assert [list(block._forward_hooks) for block in tiny_llama.arch.blocks] == before
 
 
 # -- identity patch and logit lens ---------------------------------------------------------------------------
