@@ -7,6 +7,7 @@ an int or a list of ints works too.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from patchscopes.errors import PatchscopesError
@@ -56,7 +57,13 @@ def parse_spec(spec: Spec, size: int, *, what: str = "layer") -> list[int]:
                     hint="use 'all', a list like '0,3,5', a range like '2:10' (2 to 9), or a mix",
                 ) from None
     else:
-        items = [int(i) for i in spec]
+        try:
+            items = [_as_index(i) for i in spec]
+        except TypeError:
+            raise PatchscopesError(
+                f"invalid {what} spec {spec!r}",
+                hint=f"give {what}s as integers, a list of integers, or a string like '0,3,5' or '2:10'",
+            ) from None
     out = set()
     for index in items:
         if not -size <= index < size:
@@ -68,6 +75,13 @@ def parse_spec(spec: Spec, size: int, *, what: str = "layer") -> list[int]:
     if not out:
         raise PatchscopesError(f"the {what} spec {spec!r} selects nothing")
     return sorted(out)
+
+
+def _as_index(item: object) -> int:
+    """An integer index (Python or NumPy int); anything else, bools and floats included, is a TypeError."""
+    if isinstance(item, bool):
+        raise TypeError(item)
+    return operator.index(item)
 
 
 def _clip(index: int, size: int) -> int:
