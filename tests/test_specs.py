@@ -55,6 +55,19 @@ def test_empty_selection_and_bool():
         parse_spec(True, 10)
 
 
+def test_numpy_integers():
+    np = pytest.importorskip("numpy")
+    assert parse_spec(np.arange(0, 10, 3), 10) == [0, 3, 6, 9]
+    assert parse_spec([np.int64(-1)], 10) == [9]
+
+
+@pytest.mark.parametrize("spec", [1.5, [1.7], [True], ["a"], [0, "Tower"], object()])
+def test_non_integer_items(spec):
+    with pytest.raises(PatchscopesError, match="invalid layer spec") as info:
+        parse_spec(spec, 10)
+    assert "integers" in str(info.value)
+
+
 def test_bad_specs_in_a_sweep(tiny_llama):
     with pytest.raises(PatchscopesError, match="invalid layer spec '0-2'"):
         ps.sweep(tiny_llama, "Hello", "token-identity", layers="0-2")
@@ -64,3 +77,5 @@ def test_bad_specs_in_a_sweep(tiny_llama):
         ps.sweep(tiny_llama, "Hello", "token-identity", positions="6")
     with pytest.raises(PatchscopesError, match="target layer 5 is out of range"):
         ps.sweep(tiny_llama, "Hello", "token-identity", target_layers="5")
+    with pytest.raises(PatchscopesError, match="invalid position spec"):
+        ps.sweep(tiny_llama, "Hello", "token-identity", positions=["Hello", 0])
