@@ -84,6 +84,22 @@ def test_results_come_back_in_input_order(tiny_llama):
     assert [r.target_layer for r in forward] == [s.target.layer for s in scopes]
 
 
+def test_mixed_readouts_and_duplicates_in_one_group(tiny_llama, assert_same):
+    """Rows sharing a target differ in top_k and full_logits; a scope given twice gives the same result twice."""
+    readouts = [NextToken(top_k=3, full_logits=True), NextToken(top_k=5), NextToken(top_k=1000, full_logits=True)]
+    scopes = [Patchscope(Source("Paris", 1), Target(CUSTOM_TARGET, 1, "x"), r) for r in readouts]
+    scopes.append(scopes[0])
+    batched, reference = ps.run(scopes, tiny_llama), ps.run(scopes, tiny_llama, engine="reference")
+    assert_same(batched, reference)
+    assert [len(r.readings.top_probs) for r in batched] == [3, 5, tiny_llama.vocab_size, 3]
+    assert [r.logits is None for r in batched] == [False, True, False, False]
+    for got, want in zip(batched, reference):
+        if want.logits is not None:
+            torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0)
+            assert got.logits.shape == (tiny_llama.vocab_size,)
+    assert batched[0].readings.top_probs == batched[3].readings.top_probs
+
+
 def test_no_hooks_left_on_the_model(tiny_llama, monkeypatch):
     # (transformers installs output-capturing hooks of its own the first time hidden states are asked for)
     before = [list(block._forward_hooks) for block in tiny_llama.arch.blocks]
@@ -466,6 +482,10 @@ def test_cross_model_with_affine_matches_reference(tiny_llama, wide_llama, asser
                                 target_layers=t_layer, target_model=wide_llama, mapping=mapping)
     scopes += ps.plan_sweep(tiny_llama, PROMPTS, "description", layers="1", positions="-1",
                             target_model=wide_llama, mapping=mapping, max_new_tokens=5)
+    lens = ps.plan_sweep(tiny_llama, PROMPTS, "logit-lens", layers="0,1", positions="0,-1",
+                         target_model=wide_llama, mapping=mapping)
+    assert {s.target.layer for s in lens} == {wide_llama.num_layers - 1}
+    scopes += lens
     batched = ps.run(scopes, tiny_llama)
     assert_same(batched, ps.run(scopes, tiny_llama, engine="reference"))
     assert {r.target_model for r in batched} == {"tiny-llama-wide"}
