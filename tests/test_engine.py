@@ -185,8 +185,7 @@ def _hf_generate(model: ps.LanguageModel, scope: Patchscope, *, once: bool, max_
     job = resolve_jobs([scope], model)[0]
     h = source_hidden(job)
     ids = torch.tensor([job.target_ids])
-    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=model.pad_token_id)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.pad_token_id)
     # cols=-1: at prefill, the last prompt token (i*); at every later step, the one new token.
     hook = patch_hook(torch.tensor([0]), torch.tensor([-1]), h[None], once=once)
     with torch.no_grad(), hooks_on(model.arch.blocks, {job.target_layer: hook}):
