@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -12,6 +14,7 @@ from patchscopes.batching import run_with_backoff
 from patchscopes.hooks import hooks_on, patch_hook
 from patchscopes.jobs import resolve_jobs
 from patchscopes.reference import source_hidden
+from patchscopes.testing import TINY_FAMILIES, tiny_model
 
 # Prompts of different lengths in one batch: left padding and the position shift are exercised.
 PROMPTS = ["The Eiffel Tower is in Paris", "Hi", "A longer prompt about rivers, mountains and the sea"]
@@ -299,6 +302,26 @@ def test_stop_strings_cut_the_text(smollm2, engine):
 def test_description_preset_stops_at_comma_and_newline(smollm2):
     frame = ps.sweep(smollm2, ["Leonardo da Vinci", "Paris"], "description", layers="2,5,8", positions="-1")
     assert frame.generated_text.map(lambda t: "," not in t and "\n" not in t).all()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_end_of_sequence_ends_rows_at_different_steps(family, assert_same):
+    """Rows leave the batched decoding as they emit end-of-sequence; the ids stop before it, as in HF."""
+    model = tiny_model(family)  # a fresh one: its end-of-sequence tokens are changed below
+    scopes = [Patchscope(Source(p, layer, -1), Target("Tell me about x", layer, -1), Generate(max_new_tokens=10))
+              for p in PROMPTS for layer in range(3)]
+    before = ps.run(scopes, model)
+    counts = Counter(t for r in before for t in r.readings.generated_token_ids[1:])
+    eos = counts.most_common(1)[0][0]  # a token that most rows generate, some late, some early
+    model.hf.generation_config.eos_token_id = [model.tokenizer.eos_token_id, eos]
+    after = ps.run(scopes, model)
+    assert_same(after, ps.run(scopes, model, engine="reference"))
+    lengths = [len(r.readings.generated_token_ids) for r in after]
+    assert len(set(lengths)) > 1 and min(lengths) < 10
+    for old, new in zip(before, after):
+        ids = old.readings.generated_token_ids
+        cut = ids.index(eos) if eos in ids else len(ids)
+        assert new.readings.generated_token_ids == ids[:cut]
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 3, 7])
