@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from patchscopes.batching import BatchBudget
 from patchscopes.cli.app import app, console, handle_errors
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
@@ -83,6 +84,12 @@ def inspect_command(
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also run each target unpatched and show it.")
     ] = False,
+    batch_rows: Annotated[
+        int, typer.Option("--batch-rows", min=1, help="The most patches run in one forward pass.")
+    ] = BatchBudget.rows,
+    batch_tokens: Annotated[
+        int, typer.Option("--batch-tokens", min=1, help="The most tokens (rows × tokens per row) in one forward pass.")
+    ] = BatchBudget.tokens,
 ) -> None:
     """Patch each hidden state of PROMPT (layers × positions) into a target run and show what it reads.
 
@@ -110,7 +117,7 @@ def inspect_command(
         frame = sweep(
             lm, prompt, scope, layers=layers, positions=positions, target_layers=target_layer,
             target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens, baseline=baseline,
-            engine=engine, progress=True,  # type: ignore[arg-type]
+            engine=engine, progress=True, budget=BatchBudget(rows=batch_rows, tokens=batch_tokens),  # type: ignore[arg-type]
         )
     except torch.cuda.OutOfMemoryError as err:
         raise PatchscopesError(
