@@ -121,7 +121,8 @@ def apply_mappings(jobs: Sequence[Job], hidden: dict[int, torch.Tensor]) -> dict
     with torch.no_grad():
         for group in groups.values():
             mapping, target = group[0].mapping, group[0].target_model
-            mapped = mapping(torch.stack([hidden[j.index] for j in group]))
+            device = hidden[group[0].index].device  # blocks of a dispatched model sit on several devices
+            mapped = mapping(torch.stack([hidden[j.index].to(device) for j in group]))
             mapped = mapped.to(device=target.device, dtype=target.dtype)
             for k, job in enumerate(group):
                 out[job.index] = mapped[k]
