@@ -67,6 +67,16 @@ class PatchResult:
         return self.readings.top_tokens[0] if self.readings.top_tokens else ""
 
     @property
+    def top_tokens(self) -> list[str]:
+        """The top-k next tokens of the patched run, most likely first."""
+        return self.readings.top_tokens
+
+    @property
+    def top_probs(self) -> list[float]:
+        """Their probabilities."""
+        return self.readings.top_probs
+
+    @property
     def generated_text(self) -> str | None:
         return self.readings.generated_text
 
