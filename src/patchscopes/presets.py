@@ -37,8 +37,8 @@ class Preset:
         target_prompt: T; ``None`` means the source prompt itself (T = S).
         target_position: i*; ``None`` means the source position (with T = S), else an index or substring.
         target_layer: l*: ``"same"`` (l* = l), ``"last"`` (l* = L*-1) or a layer index.
-        readout: What to read; a :class:`NextToken` with ``position=None``-like default reads at the last
-            token, except in the logit lens where it reads at i*.
+        readout: What to read. A :class:`NextToken` reads at the target's last token, except when the
+            target prompt is the source prompt (logit lens), where it reads at i*.
         placeholder: A string the target prompt must contain (the patch goes on its last token).
     """
 
