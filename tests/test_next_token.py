@@ -226,6 +226,7 @@ def test_tuned_lens_command_resumes(tiny_dir, text_file, tmp_path):
         (["--json", "out.csv"], "must end in .json"),
         (["--plot", "out.gif"], "must end in .html"),
         (["--lens", "."], "not a lens folder"),
+        (["--layers", "40"], "out of range"),
     ],
 )
 def test_eval_bad_input_exits_2(tiny_dir, text_file, tmp_path, args, fragment):
@@ -235,6 +236,16 @@ def test_eval_bad_input_exits_2(tiny_dir, text_file, tmp_path, args, fragment):
     result = _invoke(*base, *[str(tmp_path / a) if a.endswith((".csv", ".gif")) else a for a in args])
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_png_plot_without_kaleido_fails_before_running(tiny_dir, text_file, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kaleido" else real(name, *a))
+    result = _invoke("eval", "next-token", "--model", tiny_dir, "--text", text_file, "--plot", str(tmp_path / "f.png"))
+    assert result.exit_code == 2 and "kaleido" in result.output
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_eval_refuses_a_lens_of_another_model(tiny_dir, text_file, tmp_path):

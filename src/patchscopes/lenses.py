@@ -463,7 +463,7 @@ class TunedLensSettings:
     Attributes:
         steps: Optimizer steps.
         batch_size: Sampled positions per step (each trains every layer).
-        lr: Learning rate.
+        lr: Learning rate at the start (it decays linearly to zero over the steps).
         optimizer: ``"adam"`` or ``"sgd"`` (SGD with Nesterov momentum 0.9).
         weight_decay: L2 penalty on the translators' residual weights.
         samples: Hidden-state vectors kept in memory to sample batches from.
@@ -586,6 +586,8 @@ def train_tuned_lens(
                     batch = torch.randint(0, n, (min(s.batch_size, n),), generator=g)
                     with torch.no_grad():
                         target = torch.log_softmax(model.head(hidden[batch, last].to(model.dtype)).float(), -1)
+                    for group in opt.param_groups:  # linear decay to zero over the steps
+                        group["lr"] = s.lr * (1 - step / s.steps)
                     opt.zero_grad(set_to_none=True)
                     total = 0.0
                     for layer in range(last):
@@ -617,6 +619,7 @@ def train_tuned_lens(
         "data": info,
         "ridge": None,
         "training": {**s.__dict__, "loss": "KL(final || lens), nats", "init": "identity + mean shift",
+                     "schedule": "linear decay",
                      "losses": losses,
                      "final_loss": losses[-1] if losses else None},
         "seconds": round(time.perf_counter() - start, 1),

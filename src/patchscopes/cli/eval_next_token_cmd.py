@@ -7,6 +7,7 @@ surprisal per layer and method, and writes ``--json`` records and a ``--plot`` f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -92,6 +93,11 @@ def next_token_command(
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
                                hint="e.g. --plot next-token.html")
+    image = plot is not None and plot.suffix.lower() not in (".html", ".htm")
+    if image and importlib.util.find_spec("kaleido") is None:
+        raise PatchscopesError(f"--plot {plot}: saving {plot.suffix} images needs the kaleido package, which is not "
+                               "installed", hint="use --plot FILE.html (self-contained, works offline), or "
+                               "pip install kaleido")
     method_list = parse_methods(methods)
     set_threads(threads)
     docs = read_documents(text)
@@ -141,7 +147,7 @@ def write_records(summary: pd.DataFrame, path: Path, extra: dict) -> None:
 def results_table(summary: pd.DataFrame, *, title: str | None = None) -> Table:
     """Layers as rows; per method, Precision@1 and surprisal (± spread across demonstration sets)."""
     table = Table(title=Text(title) if title else None, title_justify="left")
-    table.add_column("layer", justify="right", style="bold")
+    table.add_column("layer", justify="right", style="bold", no_wrap=True, min_width=5)
     methods = list(dict.fromkeys(summary["method"]))
     for m in methods:
         table.add_column(Text(f"{m}\nP@1 · surprisal"), justify="right", no_wrap=True)

@@ -88,14 +88,14 @@ def random_demo_words(model: LanguageModel, k: int = 3, sets: int = 3, seed: int
     """``sets`` lists of ``k`` distinct random words, each a single token of the vocabulary (seeded).
 
     A word is an alphabetic vocabulary token that encodes back to itself alone, at the start of a line and
-    (where the vocabulary allows) after a space too; words of three letters or more are preferred.
+    (where the vocabulary allows) after a space too; lowercase words of three letters or more are preferred.
     """
     if k < 1 or sets < 1:
         raise PatchscopesError(f"the random demonstrations need k ≥ 1 and sets ≥ 1, got k={k}, sets={sets}")
     tok = model.tokenizer
     raw = tok.convert_ids_to_tokens(list(range(model.vocab_size)))
     candidates = [i for i, t in enumerate(raw) if isinstance(t, str) and t.isascii() and t.isalpha()]
-    long = [i for i in candidates if len(raw[i]) >= 3]
+    long = [i for i in candidates if len(raw[i]) >= 3 and raw[i].islower()]
     pool = long if len(long) >= 50 else candidates
     if not pool:
         raise PatchscopesError(f"{model.name}'s vocabulary has no alphabetic tokens to use as demonstrations")
@@ -218,13 +218,15 @@ def next_token_samples(
     rows: list[tuple] = []
     bar = tqdm(total=len(chosen), desc="next-token", unit="sample", disable=not progress)
     try:
+        # Samples of similar length go together, so the source batches carry little padding.
+        by_length = sorted(range(len(chosen)), key=lambda i: len(chosen[i].source_ids))
         for first in range(0, len(chosen), batch_samples):
-            part = chosen[first: first + batch_samples]
+            part = by_length[first: first + batch_samples]
             scopes: list[Patchscope] = []
             keys: list[tuple[str, int, int, int]] = []
             finals: list[int] = []
-            for s_index, sample in enumerate(part, start=first):
-                ids = sample.source_ids
+            for s_index in part:
+                ids = chosen[s_index].source_ids
                 finals.append(len(scopes))
                 scopes.append(Patchscope(Source(ids, last, -1), Target(ids, last, -1),
                                          NextToken(top_k=1, full_logits=True, position=-1)))
@@ -243,7 +245,7 @@ def next_token_samples(
                         keys.append((name, j, layer, s_index))
             results = run(scopes, model, engine=engine, budget=budget)
             logprobs = {}
-            for offset, sample_index in zip(finals, range(first, first + len(part))):
+            for offset, sample_index in zip(finals, part):
                 logits = results[offset].readings.logits
                 logprobs[sample_index] = torch.log_softmax(logits.float(), dim=-1)
             for key, result in zip(keys, results):
