@@ -14,8 +14,12 @@ description of h (Ghandeharioun et al., 2024).
 
 from patchscopes.architectures import ArchitectureSpec, known_model_types, register_architecture
 from patchscopes.batching import BatchBudget
+from patchscopes.crossmodel import CrossModelMap, aligned_positions, fit_cross_model_map
 from patchscopes.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_status
+from patchscopes.entities import Entity, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
+from patchscopes.experiments.entities import describe_entities, summarize_descriptions
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
 from patchscopes.lenses import Lens, TunedLensSettings, fit_affine, fit_affine_lens, train_tuned_lens
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
@@ -33,6 +37,7 @@ from patchscopes.presets import (
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
+from patchscopes.scoring import SentenceEmbedder, rouge_scores, score_descriptions
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
 from patchscopes.text_data import read_documents, split_documents
@@ -51,6 +56,9 @@ __all__ = [
     "Affine",
     "ArchitectureSpec",
     "BatchBudget",
+    "CrossModelMap",
+    "Entity",
+    "EntitySet",
     "FunctionMapping",
     "Generate",
     "Identity",
@@ -63,14 +71,19 @@ __all__ = [
     "PatchscopesError",
     "Preset",
     "Readings",
+    "SentenceEmbedder",
     "Source",
     "Target",
     "TunedLensSettings",
+    "aligned_positions",
     "cache_dir",
+    "cross_model_samples",
+    "describe_entities",
     "embedded_status",
     "evaluate_next_token",
     "fit_affine",
     "fit_affine_lens",
+    "fit_cross_model_map",
     "get_preset",
     "known_model_types",
     "load_model",
@@ -79,11 +92,17 @@ __all__ = [
     "parse_spec",
     "plan_sweep",
     "read_documents",
+    "read_entities",
     "register_architecture",
     "results_to_frame",
+    "rouge_scores",
     "run",
     "save_results",
+    "score_descriptions",
+    "select_entities",
     "split_documents",
+    "summarize_cross_model",
+    "summarize_descriptions",
     "sweep",
     "train_tuned_lens",
 ]

@@ -1,0 +1,292 @@
+"""``patchscopes fit-map`` and ``patchscopes eval cross-model``: the paper's Experiment 4 between any two models.
+
+``fit-map`` fits affine maps from a source model's layers to a target model's layers on the ``fit`` part of
+some text, at positions where both tokenizers have read the same text (see :mod:`patchscopes.crossmodel`),
+and saves them in one safetensors file. ``eval cross-model`` evaluates them on the ``eval`` part of the text
+(next-token Precision@1 and surprisal over (l, l*), next to the same-model token identity) and, with
+``--entities``, describes entities across the models.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from patchscopes.cli.app import app, console, eval_app, handle_errors
+from patchscopes.cli.eval_entities_cmd import (
+    ENTITIES_HELP,
+    check_output_paths,
+    clean_records,
+    examples_table,
+    reference_note,
+    scores_table,
+    write_json,
+)
+from patchscopes.cli.eval_next_token_cmd import parse_methods
+from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
+from patchscopes.crossmodel import CrossModelMap, fit_cross_model_map, map_summary
+from patchscopes.entities import SPLITS, read_entities, select_entities
+from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.cross_model import (
+    CROSS_METHODS,
+    cross_model_descriptions,
+    cross_model_figure,
+    cross_model_samples,
+    summarize_cross_descriptions,
+    summarize_cross_model,
+)
+from patchscopes.experiments.entities import REFERENCE_KINDS
+from patchscopes.model import load_model
+from patchscopes.plots import save_figure
+from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
+
+MODEL_HELP = "An embedded alias, a .gguf file, a model folder or a hub id."
+
+
+def default_map_path(source: str, target: str) -> Path:
+    """``maps/<source>-to-<target>.safetensors``, the names made safe for a file name."""
+
+    def stem(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name if "/" in name else name).strip("-") or "model"
+
+    return Path("maps") / f"{stem(source)}-to-{stem(target)}.safetensors"
+
+
+@app.command("fit-map")
+@handle_errors
+def fit_map_command(
+    source_model: Annotated[str, typer.Option("--source-model", "-a", help=f"Model A. {MODEL_HELP}")],
+    target_model: Annotated[str, typer.Option("--target-model", "-b", help=f"Model B. {MODEL_HELP}")],
+    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
+    layers: Annotated[str, typer.Option("--layers", "-l", help="A's layers l: 'all', '0,5,10', '0:30:3'.")],
+    target_layers: Annotated[str, typer.Option("--target-layers", "-t", help="B's layers l*: 'all', '0:18:3'.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The map file to write (.safetensors).",
+                                  show_default="maps/A-to-B.safetensors")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=2, help="Aligned positions to fit on.")] = 20000,
+    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge term λ of the least-squares fit.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Window length in A's tokens.")] = 64,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", min=0.0, max=1.0,
+                            help="Share of documents held out for evaluation (the same split as `eval cross-model`).")
+    ] = DEFAULT_EVAL_FRACTION,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the window order.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+) -> None:
+    """Fit affine maps from A's layer l to B's layer l* (least squares with bias) and save them in one file.
+
+    Examples:
+
+        patchscopes fit-map -a smollm2-135m -b gemma3-270m --text wiki.txt --layers 0:30:3 --target-layers 0:18:3
+    """
+    if out is not None and out.suffix.lower() != ".safetensors":
+        raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
+    set_threads(threads)
+    docs = read_documents(text)
+    fit_docs, eval_docs = split_documents(docs, eval_fraction)
+    if not fit_docs:
+        raise PatchscopesError(
+            f"no document falls in the fit part ({len(docs)} documents, eval fraction {eval_fraction})",
+            hint="give more text or a smaller --eval-fraction",
+        )
+    out = out or default_map_path(source_model, target_model)
+    a = load_model(source_model, device=device, dtype=dtype)
+    b = load_model(target_model, device=device, dtype=dtype)
+    console.print(Text(f"{len(docs)} documents in {len(docs.files)} file(s); fitting on {len(fit_docs)}, "
+                       f"{len(eval_docs)} held out for evaluation"), soft_wrap=True)
+    split = {"files": [Path(f).name for f in docs.files], "part": "fit", "eval_fraction": eval_fraction}
+    cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,
+                               ridge=ridge, max_tokens=max_tokens, seed=seed, progress=True,
+                               extra_config={"split": split})
+    cmap.save(out)
+    console.print(Text(map_summary(cmap)), soft_wrap=True)
+    console.print(Text.assemble(("wrote ", "green"), f"map: {out} ({cmap.config.get('seconds')} s)"), soft_wrap=True)
+
+
+def next_token_table(summary, *, title: str) -> Table:
+    """Cross-model Precision@1 as a grid over (l, l*), with the same-model and B's own columns."""
+    table = Table(title=Text(title), title_justify="left")
+    table.add_column("l \\ l*", justify="right", style="bold", no_wrap=True)
+    cross = summary[summary["method"] == "cross-model"]
+    targets = sorted(cross["target_layer"].unique()) if len(cross) else []
+    for t in targets:
+        table.add_column(str(t), justify="right", no_wrap=True)
+    ti = summary[summary["method"] == "token-identity"].set_index("layer")
+    if len(ti):
+        table.add_column(Text("same model\ntoken identity"), justify="right", no_wrap=True)
+    by = {(r.layer, r.target_layer): r for r in cross.itertuples()}
+    layers = sorted(set(cross["layer"]) | set(ti.index))
+    for layer in layers:
+        cells = [str(layer)]
+        for t in targets:
+            r = by.get((layer, t))
+            cells.append("" if r is None else f"{r.precision_at_1:.2f} · {r.surprisal:.1f}")
+        if len(ti):
+            cells.append(f"{ti.loc[layer, 'precision_at_1']:.2f} · {ti.loc[layer, 'surprisal']:.1f}"
+                         if layer in ti.index else "")
+        table.add_row(*cells)
+    return table
+
+
+@eval_app.command("cross-model")
+@handle_errors
+def cross_model_command(
+    map_path: Annotated[Path, typer.Option("--map", help="A map file from `patchscopes fit-map`.")],
+    text: Annotated[
+        list[Path] | None, typer.Option("--text", help=TEXT_HELP + " Evaluates on the eval part (as fit-map splits).")
+    ] = None,
+    entities: Annotated[Path | None, typer.Option("--entities", "-e", help=ENTITIES_HELP)] = None,
+    source_model: Annotated[
+        str | None, typer.Option("--source-model", "-a", help=f"Model A. {MODEL_HELP}", show_default="the map's")
+    ] = None,
+    target_model: Annotated[
+        str | None, typer.Option("--target-model", "-b", help=f"Model B. {MODEL_HELP}", show_default="the map's")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", "-l", help="Source layers l (those the map has).", show_default="all")
+    ] = None,
+    target_layers: Annotated[
+        str | None, typer.Option("--target-layers", "-t", help="Target layers l* (those the map has).",
+                                 show_default="all")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="Positions (one per window).")] = 200,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help=f"Next-token methods, comma-separated: {', '.join(CROSS_METHODS)}.",
+                     show_default="cross-model,token-identity,target-own"),
+    ] = None,
+    entity_n: Annotated[int, typer.Option("--entity-n", min=1, help="Entities to describe.")] = 20,
+    entity_layers: Annotated[
+        str | None, typer.Option("--entity-layers", help="Source layers for the descriptions.",
+                                 show_default="--layers")
+    ] = None,
+    entity_target_layers: Annotated[
+        str | None, typer.Option("--entity-target-layers", help="Target layers for the descriptions.",
+                                 show_default="--target-layers")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Popularity split: extremes, median or random.")] = "extremes",
+    reference: Annotated[
+        str, typer.Option("--reference", help="file: the file's references; self: B's own description of the name.")
+    ] = "file",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 50,
+    no_sbert: Annotated[bool, typer.Option("--no-sbert", help="Skip the SBERT score.")] = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Window length in A's tokens.")] = 64,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
+    ] = DEFAULT_EVAL_FRACTION,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and entities.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+) -> None:
+    """Read model A's hidden states through model B with a fitted map (paper, Exp. 4).
+
+    Next-token Precision@1 and surprisal over (l, l*) on --text, next to A's own token-identity result; entity
+    descriptions across the models with --entities.
+
+    Examples:
+
+        patchscopes eval cross-model --map maps/smollm2-135m-to-gemma3-270m.safetensors --text wiki.txt
+
+        patchscopes eval cross-model --map MAP --entities wikides.json --entity-layers 0,3,6 --plot x.html
+    """
+    if engine not in ("batched", "reference"):
+        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    if not text and entities is None:
+        raise PatchscopesError("nothing to evaluate", hint="give --text for next-token prediction and/or --entities")
+    if split not in SPLITS:
+        raise PatchscopesError(f"unknown --split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    if reference not in REFERENCE_KINDS:
+        raise PatchscopesError(f"unknown --reference {reference!r}", hint=f"use one of {', '.join(REFERENCE_KINDS)}")
+    check_output_paths(json_path, plot)
+    if plot is not None and not text:
+        raise PatchscopesError("the cross-model figure needs the next-token results", hint="give --text too")
+    method_list = parse_methods(methods)
+    for m in method_list or []:
+        if m not in CROSS_METHODS:
+            raise PatchscopesError(f"unknown method {m!r}", hint=f"use some of {', '.join(CROSS_METHODS)}")
+    set_threads(threads)
+    cmap = CrossModelMap.load(map_path)
+    eval_docs = None
+    if text:
+        docs = read_documents(text)
+        _, eval_docs = split_documents(docs, eval_fraction)
+        if not eval_docs:
+            raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
+                                   hint="give more text or a larger --eval-fraction")
+    found = read_entities(entities) if entities is not None else None
+    if found is not None:
+        note = reference_note(found, reference)
+        if note:
+            console.print(Text(note, style="yellow"), soft_wrap=True)
+    start = time.perf_counter()
+    a = load_model(source_model or cmap.source_name, device=device, dtype=dtype)
+    b = load_model(target_model or cmap.target_name, device=device, dtype=dtype)
+    cmap.check_models(a, b)
+    console.print(Text(map_summary(cmap), style="dim"), soft_wrap=True)
+    output: dict = {"source_model": a.name, "target_model": b.name, "map": str(map_path),
+                    "map_data_fingerprint": cmap.config.get("data", {}).get("fingerprint")}
+    summary = entity_summary = None
+    if eval_docs is not None:
+        frame = cross_model_samples(a, b, cmap, eval_docs, samples=samples, seed=seed, layers=layers,
+                                    target_layers=target_layers, methods=method_list, max_tokens=max_tokens,
+                                    engine=engine, progress=True)  # type: ignore[arg-type]
+        summary = summarize_cross_model(frame)
+        attrs = frame.attrs
+        console.print(next_token_table(summary, title=f"next-token Precision@1 · surprisal (nats): {a.name} read "
+                                       f"through {b.name}"))
+        own = summary[summary["method"] == "target-own"]
+        if len(own):
+            console.print(Text(f"{b.name}'s own prediction agrees with {a.name}'s on "
+                               f"{own['precision_at_1'].iloc[0]:.3f} of the positions (tokens compared as text)"),
+                          soft_wrap=True)
+        console.print(Text(f"{attrs['samples']} positions (one per window of ≤{max_tokens} tokens of A, where both "
+                           f"models have read the same text) from {attrs['documents']} eval documents; "
+                           f"{attrs['excluded_fit_documents']} documents the map was fitted on left out",
+                           style="dim"), soft_wrap=True)
+        output["next_token"] = clean_records(summary)
+        output["next_token_settings"] = {k: attrs[k] for k in ("samples", "documents", "windows", "seed",
+                                                               "max_tokens", "methods")}
+    if found is not None:
+        chosen = select_entities(found, entity_n, split=split, seed=seed)
+        desc = cross_model_descriptions(
+            a, b, cmap, chosen, layers=entity_layers or layers, target_layers=entity_target_layers or target_layers,
+            reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens, engine=engine, progress=True,
+        )
+        entity_summary = summarize_cross_descriptions(desc)
+        cross = entity_summary[entity_summary["method"] == "cross-model"]
+        same = entity_summary[entity_summary["method"] == "same-model"]
+        console.print(scores_table(cross, title=f"entity description: {a.name} read through {b.name}",
+                                   pair_label=True))
+        console.print(scores_table(same, title=f"entity description: {a.name} alone (l* = l)"))
+        console.print(examples_table(desc[desc["method"] == "cross-model"], 1,
+                                     title="example descriptions across models"))
+        output["entities"] = clean_records(desc)
+        output["entity_summary"] = clean_records(entity_summary)
+    seconds = time.perf_counter() - start
+    output["seconds"] = round(seconds, 1)
+    console.print(Text(f"{seconds:.0f} s", style="dim"))
+    if json_path is not None:
+        write_json(output, json_path)
+        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+    if plot is not None and summary is not None:
+        save_figure(cross_model_figure(summary, entity_summary=entity_summary), plot)
+        console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
