@@ -20,10 +20,12 @@ from patchscopes.entities import Entity, EntitySet, read_entities, select_entiti
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
+from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples, summarize_multihop
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
 from patchscopes.lenses import Lens, TunedLensSettings, fit_affine, fit_affine_lens, train_tuned_lens
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
 from patchscopes.model import LanguageModel, load_model
+from patchscopes.multihop import TwoHopQuery, build_queries
 from patchscopes.presets import (
     ENTITY_DESCRIPTION,
     ENTITY_DESCRIPTION_PROMPT,
@@ -75,11 +77,14 @@ __all__ = [
     "Source",
     "Target",
     "TunedLensSettings",
+    "TwoHopQuery",
     "aligned_positions",
+    "build_queries",
     "cache_dir",
     "cross_model_samples",
     "describe_entities",
     "embedded_status",
+    "evaluate_multihop",
     "evaluate_next_token",
     "fit_affine",
     "fit_affine_lens",
@@ -88,6 +93,7 @@ __all__ = [
     "known_model_types",
     "load_model",
     "load_results",
+    "multihop_samples",
     "next_token_samples",
     "parse_spec",
     "plan_sweep",
@@ -103,6 +109,7 @@ __all__ = [
     "split_documents",
     "summarize_cross_model",
     "summarize_descriptions",
+    "summarize_multihop",
     "sweep",
     "train_tuned_lens",
 ]
