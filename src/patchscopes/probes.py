@@ -8,7 +8,8 @@ released; this is a reimplementation with scikit-learn:
 - features are standardised on each training fold (``StandardScaler``), then ``LogisticRegression``
   (multinomial, L2, ``C=1``, ``lbfgs``) is fitted; a training fold with a single class predicts that class;
 - folds are stratified by object where scikit-learn can (``StratifiedKFold``, shuffled with a seed), else
-  plain shuffled ``KFold``; with ``groups`` (e.g. the subjects) ``GroupKFold`` keeps a group in one fold;
+  plain shuffled ``KFold``; with ``groups`` (e.g. the subjects) ``StratifiedGroupKFold`` keeps each group in
+  one fold, so the probe is tested on subjects it never saw;
 - a test sample whose object never occurs in its training folds cannot be predicted and counts as wrong.
 
     >>> folds = layer_probe(states, labels, layers=[0, 3, 6])   # one row per (layer, fold)
@@ -31,7 +32,7 @@ PROBE_COLUMNS = ["layer", "fold", "accuracy", "n_test", "n_train", "classes"]
 
 
 def _splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None):
-    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
     n = len(labels)
     if groups is not None:
@@ -39,7 +40,10 @@ def _splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None
         if n_groups < folds:
             raise PatchscopesError(f"{n_groups} groups cannot make {folds} folds",
                                    hint="use fewer folds or cross-validate over samples")
-        return list(GroupKFold(n_splits=folds).split(np.zeros(n), labels, groups))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            return list(splitter.split(np.zeros(n), labels, groups))
     _, counts = np.unique(labels, return_counts=True)
     if counts.max() >= folds:
         with warnings.catch_warnings():

@@ -522,8 +522,7 @@ def attach_windows(relations: Sequence[Relation], paths: str | Path | Sequence[s
 def _occurrences(text: str, subject: str) -> list[tuple[int, int]]:
     left = r"(?<!\w)" if subject[:1].isalnum() else ""
     right = r"(?!\w)" if subject[-1:].isalnum() else ""
-    for pattern, flags in ((left + re.escape(subject) + right, 0), (left + re.escape(subject) + right, re.I),
-                           (re.escape(subject), re.I)):
+    for pattern, flags in ((left + re.escape(subject) + right, 0), (left + re.escape(subject) + right, re.I)):
         spans = [m.span() for m in re.finditer(pattern, text, flags)]
         if spans:
             return spans
@@ -535,8 +534,8 @@ def locate_subject(
 ) -> tuple[list[int], int] | None:
     """The model's tokens of ``text`` and the index of the subject's last token, or ``None`` if absent.
 
-    The subject is searched as whole words (case-sensitive, then not); with several occurrences the one
-    ending nearest ``subject_end`` is taken, else the first.
+    The subject is searched as whole words (case-sensitive, then not: ``"Japan"`` is not found in
+    ``"Japanese"``); with several occurrences the one ending nearest ``subject_end`` is taken, else the first.
     """
     if not subject:
         return None
