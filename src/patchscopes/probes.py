@@ -8,8 +8,9 @@ released; this is a reimplementation with scikit-learn:
 - features are standardised on each training fold (``StandardScaler``), then ``LogisticRegression``
   (multinomial, L2, ``C=1``, ``lbfgs``) is fitted; a training fold with a single class predicts that class;
 - folds are stratified by object where scikit-learn can (``StratifiedKFold``, shuffled with a seed), else
-  plain shuffled ``KFold``; with ``groups`` (e.g. the subjects) ``StratifiedGroupKFold`` keeps each group in
-  one fold, so the probe is tested on subjects it never saw;
+  plain shuffled ``KFold``; with ``groups`` (e.g. the subjects) ``StratifiedGroupKFold`` (or ``GroupKFold``
+  where no class has enough members to stratify) keeps each group in one fold, so the probe is tested on
+  subjects it never saw;
 - a test sample whose object never occurs in its training folds cannot be predicted and counts as wrong.
 
     >>> folds = layer_probe(states, labels, layers=[0, 3, 6])   # one row per (layer, fold)
@@ -40,9 +41,13 @@ def _splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None
         if n_groups < folds:
             raise PatchscopesError(f"{n_groups} groups cannot make {folds} folds",
                                    hint="use fewer folds or cross-validate over samples")
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.max() < folds:  # no class can be stratified: plain group folds
+            splitter = _group_kfold(folds, seed)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
             return list(splitter.split(np.zeros(n), labels, groups))
     _, counts = np.unique(labels, return_counts=True)
     if counts.max() >= folds:
@@ -50,6 +55,15 @@ def _splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None
             warnings.simplefilter("ignore", UserWarning)  # classes smaller than the number of folds
             return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), labels))
     return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+
+
+def _group_kfold(folds: int, seed: int):
+    from sklearn.model_selection import GroupKFold
+
+    try:
+        return GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    except TypeError:  # scikit-learn < 1.6 has no shuffling group folds
+        return GroupKFold(n_splits=folds)
 
 
 def probe_folds(

@@ -5,6 +5,7 @@ from patchscopes.cli.app import app, eval_app, main
 # Importing the command modules registers their commands.
 from patchscopes.cli import inspect_cmd, models_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import eval_next_token_cmd, lens_cmd  # noqa: F401  isort: skip
+from patchscopes.cli import eval_attributes_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import crossmodel_cmd, eval_entities_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import eval_multihop_cmd  # noqa: F401  isort: skip
 

@@ -1,0 +1,263 @@
+"""``patchscopes eval attributes``: the paper's Experiment 2 (attribute extraction) on any causal LM.
+
+Reads relation files (the ``evandez/relations`` JSON schema or the paper's preprocessed TSVs), keeps the
+facts the model knows, runs the patchscope over source × target layers and the logistic-regression probe,
+prints a table in the form of the paper's Table 2, and writes ``--json`` records and a ``--plot`` heatmap per
+relation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from patchscopes.cli.app import console, eval_app, handle_errors
+from patchscopes.cli.lens_cmd import set_threads
+from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.attributes import (
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_SOURCE_LAYERS,
+    DEFAULT_TARGET_LAYERS,
+    AttributeResults,
+    attributes_figure,
+    evaluate_attributes,
+)
+from patchscopes.model import load_model
+from patchscopes.plots import save_figure
+from patchscopes.relations import CONTEXT_KINDS, attach_windows, load_relations
+from patchscopes.results import save_results
+from patchscopes.text_data import DATA_DIR_ENV, read_documents
+
+PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
+
+
+def parse_target_prompts(values: list[str] | None) -> dict[str, str] | None:
+    """``KEY=PROMPT`` items (a relation key or name) into a dict; a bare ``PROMPT`` applies to all relations."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, prompt = value.partition("=")
+        if sep and key.strip() and "x" not in key.split():
+            out[key.strip()] = prompt.strip()
+        else:
+            out["*"] = value.strip()
+    return out
+
+
+def default_windows() -> list[Path]:
+    """``$PATCHSCOPES_DATA_DIR/patchscopes_preprocessed`` when it exists."""
+    root = os.environ.get(DATA_DIR_ENV)
+    if root and (Path(root) / "patchscopes_preprocessed").is_dir():
+        return [Path(root) / "patchscopes_preprocessed"]
+    return []
+
+
+@eval_app.command("attributes")
+@handle_errors
+def attributes_command(
+    relations: Annotated[
+        list[Path],
+        typer.Option("--relations", "-r", help="Relation files (.json in the relations schema, or the paper's "
+                     ".tsv) or folders of them; several may follow one --relations."),
+    ],
+    more_relations: Annotated[list[Path] | None, typer.Argument(hidden=True, metavar="PATH")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
+    ] = DEFAULT_MODEL,
+    source_layers: Annotated[
+        str, typer.Option("--source-layers", "-l", help="Source layers l: 'all', '0,5,10', '0:30:2', '::3'.")
+    ] = DEFAULT_SOURCE_LAYERS,
+    target_layers: Annotated[
+        str | None, typer.Option("--target-layers", "-t", help="Target layers l* (a SPEC as for --source-layers).",
+                                 show_default="every 3rd layer of the first half: 0,3,6,9,12 on a 30-layer model")
+    ] = DEFAULT_TARGET_LAYERS,
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", "-n", min=0, help="Known samples per relation for the patchscope "
+                          "(0: all).")
+    ] = DEFAULT_MAX_SAMPLES,
+    probe_samples: Annotated[
+        int, typer.Option("--probe-samples", min=0, help="Known samples per relation for the probe (0: all).")
+    ] = 0,
+    target_prompt: Annotated[
+        list[str] | None,
+        typer.Option("--target-prompt", help="A target prompt with the placeholder x: 'KEY=PROMPT' for one "
+                     "relation (key or name), or 'PROMPT' for all. Repeatable.", show_default="the paper's, "
+                     "else derived from the relation's first template"),
+    ] = None,
+    windows: Annotated[
+        list[Path] | None,
+        typer.Option("--windows", help="The paper's preprocessed TSVs (files or a folder): their WikiText windows "
+                     "become the source contexts of JSON relations of the same name.",
+                     show_default=f"${DATA_DIR_ENV}/patchscopes_preprocessed if it exists"),
+    ] = None,
+    corpus: Annotated[
+        list[Path] | None,
+        typer.Option("--corpus", help="Plain text files in which to find windows containing each subject."),
+    ] = None,
+    contexts: Annotated[
+        str, typer.Option("--contexts", help="Allowed source contexts in order of preference, comma-separated: "
+                          "wikitext, corpus, template.")
+    ] = ",".join(CONTEXT_KINDS),
+    contexts_per_subject: Annotated[
+        int, typer.Option("--contexts-per-subject", min=1, help="The most source contexts per subject.")
+    ] = 5,
+    fact_filter: Annotated[
+        bool, typer.Option("--fact-filter/--no-fact-filter", help="Keep only facts the model knows (the object "
+                           "appears within the generated tokens of the verbalized prompt).")
+    ] = True,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Tokens generated by the fact check and each patch.")
+    ] = 20,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds of the probe.")] = 3,
+    probe_cv: Annotated[
+        str, typer.Option("--probe-cv", help="Probe folds over 'subjects' (a subject's contexts in one fold: the "
+                          "probe is tested on unseen subjects) or 'samples' (stratified by object).")
+    ] = "subjects",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample selection and the folds.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the records here (.json).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a layer × layer heatmap per relation: .html "
+                                  "(self-contained) or .png (kaleido).")
+    ] = None,
+    details: Annotated[
+        Path | None, typer.Option("--details", help="Write every patched generation (.json, .csv or .parquet).")
+    ] = None,
+    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+) -> None:
+    """Attribute extraction: the patchscope against a linear probe, per relation (paper, Exp. 2, Table 2).
+
+    Examples:
+
+        patchscopes eval attributes --relations data/patchscopes_preprocessed/factual/country_currency.tsv
+
+        patchscopes eval attributes -m smollm2-135m --relations data/relations/factual/*.json --corpus wiki.txt
+        --json attributes.json --plot attributes.html
+    """
+    if engine not in ("batched", "reference"):
+        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    if probe_cv not in ("samples", "subjects"):
+        raise PatchscopesError(f"unknown --probe-cv {probe_cv!r}", hint="use samples or subjects")
+    if json_path is not None and json_path.suffix.lower() != ".json":
+        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
+                               hint="e.g. --plot attributes.html")
+    if details is not None and details.suffix.lower() not in (".json", ".csv", ".parquet", ".pq"):
+        raise PatchscopesError(f"--details {details}: the file name must end in .json, .csv or .parquet")
+    kinds = [k.strip() for k in contexts.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in CONTEXT_KINDS]
+    if unknown or not kinds:
+        raise PatchscopesError(f"unknown --contexts {', '.join(unknown) or '(none)'}",
+                               hint=f"use some of {', '.join(CONTEXT_KINDS)}")
+    set_threads(threads)
+    rels = load_relations([*relations, *(more_relations or [])])
+    window_paths = windows if windows else default_windows()
+    if window_paths and "wikitext" in kinds:
+        attach_windows(rels, window_paths)
+    documents = read_documents(corpus) if corpus else None
+    if "corpus" in kinds and corpus and documents is not None and not len(documents):
+        raise PatchscopesError("the --corpus files hold no text")
+    prompts = parse_target_prompts(target_prompt)
+
+    start = time.perf_counter()
+    lm = load_model(model, device=device, dtype=dtype)
+    results = evaluate_attributes(
+        lm, rels, target_prompts=prompts, source_layers=source_layers, target_layers=target_layers,
+        max_samples=max_samples or None, probe_samples=probe_samples or None, contexts=kinds,
+        corpus=list(documents) if documents is not None else None, contexts_per_subject=contexts_per_subject,
+        max_new_tokens=max_new_tokens, fact_filter=fact_filter, folds=folds, probe_cv=probe_cv,  # type: ignore[arg-type]
+        seed=seed, engine=engine, progress=True,  # type: ignore[arg-type]
+    )
+    seconds = time.perf_counter() - start
+    console.print(counts_table(results))
+    console.print(summary_table(results, title=f"attribute extraction · {lm.name}"))
+    attrs = results.attrs
+    console.print(Text(
+        f"source layers {_layers(attrs['source_layers'])}, target layers {_layers(attrs['target_layers'])}; "
+        f"patchscope: correct if the object appears in {max_new_tokens} generated tokens for some target layer, "
+        f"mean ± std over source layers; probe: {folds}-fold logistic regression over {probe_cv}, mean ± std over "
+        "the same layers; winner by paired t-test over layers, Bonferroni-corrected (p < 0.05); "
+        f"{seconds:.0f} s", style="dim"), soft_wrap=True)
+    if json_path is not None:
+        extra = {"model": lm.name, "seconds": round(seconds, 1)}
+        write_json([{**r, **extra} for r in results.records()], json_path)
+        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+    if plot is not None:
+        if results.patchscope.empty:
+            console.print(Text("no figure: no relation has a known sample", style="yellow"))
+        else:
+            save_figure(attributes_figure(results), plot)
+            console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+    if details is not None:
+        frame = results.patchscope.merge(results.samples, on=["relation", "sample"], how="left")
+        save_results(frame, details)
+        console.print(Text.assemble(("wrote ", "green"), f"details: {details}"), soft_wrap=True)
+
+
+def write_json(records: list[dict], path: Path) -> None:
+    """Write records as a JSON list (NaN as null)."""
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(clean, indent=1, ensure_ascii=False) + "\n")
+    except OSError as err:
+        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
+
+
+def _layers(layers: list[int]) -> str:
+    return ",".join(str(layer) for layer in layers)
+
+
+def _pm(mean: float, std: float) -> str:
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def counts_table(results: AttributeResults) -> Table:
+    """Per relation: facts, contexts, facts and samples the model knows, samples used by each method."""
+    table = Table(title=Text("samples per relation (the knows-the-fact filter)"), title_justify="left")
+    for name, justify in (("relation", "left"), ("target prompt", "left"), ("facts", "right"),
+                          ("contexts", "right"), ("known facts", "right"), ("known samples", "right"),
+                          ("probe", "right"), ("patchscope", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results.counts.itertuples():
+        kinds = ", ".join(f"{getattr(r, f'contexts_{k}')} {k}" for k in CONTEXT_KINDS if getattr(r, f"contexts_{k}"))
+        table.add_row(Text(r.relation), Text(r.target_prompt), str(r.facts),
+                      Text(f"{r.samples_found} ({kinds or 'none'})"),
+                      f"{r.facts_known}/{r.facts_with_context}", str(r.samples_known), str(r.probe_samples),
+                      str(r.patchscope_samples))
+    return table
+
+
+def summary_table(results: AttributeResults, *, title: str | None = None) -> Table:
+    """The paper's Table 2: per relation, samples, classes, probe and patchscope (mean ± std over layers, %),
+    the significance, and the paper's GPT-J figures where known."""
+    summary = results.summary()
+    table = Table(title=Text(title) if title else None, title_justify="left")
+    for name, justify in (("relation", "left"), ("samples", "right"), ("classes", "right"),
+                          ("probe %", "right"), ("patchscope %", "right"), ("p (Bonferroni)", "right"),
+                          ("significant", "left"), ("paper GPT-J\nprobe · patchscope", "right")):
+        table.add_column(Text(name), justify=justify)  # type: ignore[arg-type]
+    for r in summary.itertuples():
+        winner = {"patchscope": "patchscope ✓", "probe": "probe ✓", "tie": "tie", "n/a": "–"}[r.winner]
+        paper = "" if math.isnan(r.paper_probe) else f"{r.paper_probe:.1f} · {r.paper_patchscope:.1f}"
+        p = "–" if math.isnan(r.p_bonferroni) else f"{r.p_bonferroni:.2g}"
+        table.add_row(Text(r.relation), f"{r.samples} / {r.probe_samples}", str(r.classes),
+                      _pm(r.probe_mean, r.probe_std), _pm(r.patchscope_mean, r.patchscope_std), p, winner, paper)
+    return table
