@@ -18,10 +18,12 @@ from patchscopes.crossmodel import CrossModelMap, aligned_positions, fit_cross_m
 from patchscopes.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_status
 from patchscopes.entities import Entity, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
 from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples, summarize_multihop
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
+from patchscopes.generation import greedy_generate
 from patchscopes.lenses import Lens, TunedLensSettings, fit_affine, fit_affine_lens, train_tuned_lens
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
 from patchscopes.model import LanguageModel, load_model
@@ -36,6 +38,8 @@ from patchscopes.presets import (
     Preset,
     get_preset,
 )
+from patchscopes.probes import layer_probe, paired_ttest
+from patchscopes.relations import Relation, knows_fact, load_relation, load_relations, mentions
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
@@ -57,6 +61,7 @@ __all__ = [
     "TOKEN_IDENTITY_PROMPT",
     "Affine",
     "ArchitectureSpec",
+    "AttributeResults",
     "BatchBudget",
     "CrossModelMap",
     "Entity",
@@ -73,28 +78,38 @@ __all__ = [
     "PatchscopesError",
     "Preset",
     "Readings",
+    "Relation",
     "SentenceEmbedder",
     "Source",
     "Target",
     "TunedLensSettings",
     "TwoHopQuery",
     "aligned_positions",
+    "attributes_figure",
     "build_queries",
     "cache_dir",
     "cross_model_samples",
     "describe_entities",
     "embedded_status",
+    "evaluate_attributes",
     "evaluate_multihop",
     "evaluate_next_token",
     "fit_affine",
     "fit_affine_lens",
     "fit_cross_model_map",
     "get_preset",
+    "greedy_generate",
     "known_model_types",
+    "knows_fact",
+    "layer_probe",
     "load_model",
+    "load_relation",
+    "load_relations",
     "load_results",
+    "mentions",
     "multihop_samples",
     "next_token_samples",
+    "paired_ttest",
     "parse_spec",
     "plan_sweep",
     "read_documents",
