@@ -149,7 +149,7 @@ def test_filter_counts_each_step(monkeypatch, tiny_llama):
     # The whole pipeline reports the same counts (and nothing else runs for the queries dropped).
     frame = mh.multihop_samples(tiny_llama, [PRODUCTS, CEOS], source_layers="0,2", target_layers="1", seed=0)
     assert frame.attrs["counts"] == {"relations": 2, "chains": 1, "queries": 3, "hop1_known": 3, "both_known": 2,
-                                     "used": 2, "dev": 1, "test": 1}
+                                     "used": 2, "dev": 1, "test": 1, "control": 0}
     assert set(frame["query_id"]) == {q.query_id for q in kept}
     assert len(frame) == 2 * (2 + 2 * 1)
 
@@ -181,12 +181,14 @@ def test_scope_positions_in_both_directions(tiny_llama):
 
 @pytest.mark.parametrize("direction", mh.DIRECTIONS)
 def test_batched_equals_reference(tiny_llama, direction):
-    queries = build_queries([PRODUCTS, CEOS]).queries[:2]
+    queries = build_queries([PRODUCTS, CEOS]).queries[::2]  # Alpha → Acme → Ann, Gamma → Zeta Corp. → Zed
     options = dict(queries=queries, hop_filter=False, direction=direction, source_layers="0,2", target_layers="1,2",
-                   max_new_tokens=6, cot_tokens=4)
+                   max_new_tokens=6, cot_tokens=4, control=True)
     batched = mh.multihop_samples(tiny_llama, engine="batched", **options)
     reference = mh.multihop_samples(tiny_llama, engine="reference", **options)
-    assert len(batched) == 2 * (2 + 4)
+    n_control = batched.attrs["counts"]["control"]
+    assert n_control == (2 if direction == "hop1-into-hop2" else 0)  # both queries share "The boss of"
+    assert len(batched) == 2 * (2 + 4) + n_control * 4
     pd.testing.assert_frame_equal(batched, reference)
     # Each patched row is the engine's own result for that patchscope.
     row = batched[batched["method"] == "patchscope"].iloc[-1]
@@ -195,9 +197,23 @@ def test_batched_equals_reference(tiny_llama, direction):
     assert ps.run(scope, tiny_llama, engine="reference")[0].generated_text == row["generated_text"]
 
 
+def test_control_donors():
+    queries = build_queries([PRODUCTS, CEOS]).queries  # Alpha → Acme → Ann, Beta → acme → Ann, Gamma → Zed
+    by = {q.subject: q for q in queries}
+    donors = mh.control_donors(queries, "hop1-into-hop2")
+    # Alpha and Beta share their bridge and answer: each takes Gamma's source, and Gamma the next one, Alpha's.
+    assert [d.subject for d in donors] == ["Gamma", "Gamma", "Alpha"]
+    scope = mh.multihop_scope(by["Alpha"], 1, 2, "hop1-into-hop2", donor=by["Gamma"])
+    assert scope.source.prompt == by["Gamma"].hop1_prompt and scope.target.prompt == by["Alpha"].composed_prompt
+    # hop 2's prefix is the same for all: no donor in the other direction; one query alone has none.
+    assert mh.control_donors(queries, "hop2-into-hop1") == [None] * 3
+    assert mh.control_donors(queries[:1], "hop1-into-hop2") == [None]
+
+
 # -- scores ------------------------------------------------------------------------------------------------------
-def synthetic_samples(table: dict[str, tuple[str, list[tuple[int, int]]]]) -> pd.DataFrame:
-    """Sample rows: per query its split and the (l, l*) pairs that succeed, on a 3 × 2 grid."""
+def synthetic_samples(table: dict[str, tuple[str, list[tuple[int, int]]]], control: bool = False) -> pd.DataFrame:
+    """Sample rows: per query its split and the (l, l*) pairs that succeed, on a 3 × 2 grid (the control, if
+    asked for, succeeds at (0, 0) only)."""
     rows = []
     for qid, (split, good) in table.items():
         rows.append((qid, "vanilla", split, None, None, False, "", "o2", "A", "B"))
@@ -205,6 +221,8 @@ def synthetic_samples(table: dict[str, tuple[str, list[tuple[int, int]]]]) -> pd
         for sl in (0, 1, 2):
             for tl in (0, 1):
                 rows.append((qid, "patchscope", split, sl, tl, (sl, tl) in good, "", "o2", "A", "B"))
+                if control:
+                    rows.append((qid, "control", split, sl, tl, (sl, tl) == (0, 0), "", "o2", "A", "B"))
     frame = pd.DataFrame(rows, columns=mh.RECORD_COLUMNS)
     frame["source_layer"] = frame["source_layer"].astype("Int64")
     frame["target_layer"] = frame["target_layer"].astype("Int64")
@@ -230,6 +248,14 @@ def test_oracle_and_held_out_scores():
     oracle = {r["query_id"]: r for r in records if r["method"] == "patchscope-oracle"}
     assert oracle["d1"]["correct"] and (oracle["d1"]["source_layer"], oracle["d1"]["target_layer"]) == (1, 1)
     assert not oracle["t3"]["correct"] and oracle["t3"]["source_layer"] is None
+    # The control is scored the same way, at the pair chosen for the patchscope.
+    with_control = synthetic_samples({"d1": ("dev", [(1, 1)]), "t1": ("test", [(1, 1)]), "t2": ("test", [])},
+                                     control=True)
+    summary = mh.summarize_multihop(with_control).set_index("method")
+    assert summary.loc["control-oracle", "correct"] == 3 and summary.loc["control-heldout", "test_correct"] == 0
+    assert summary.loc["patchscope-heldout", "test_correct"] == 1
+    records = mh.result_records(with_control, mh.summarize_multihop(with_control))
+    assert {r["method"] for r in records} >= {"control-oracle", "control-heldout"}
     # Ties go to the pair whose neighbourhood is best on dev.
     tied = synthetic_samples({"d1": ("dev", [(0, 0), (2, 1), (2, 0), (1, 1)]), "d2": ("dev", [(0, 0), (2, 1)]),
                               "t1": ("test", [])})
@@ -257,6 +283,11 @@ def test_figure_marks_the_chosen_pair():
     assert fig.data[1].x == ("1",) and fig.data[1].y == ("1",)
     with pytest.raises(PatchscopesError, match="no patchscope results"):
         mh.multihop_figure(samples[samples["method"] != "patchscope"])
+    both = synthetic_samples({"d1": ("dev", [(1, 1)]), "t1": ("test", [])}, control=True)
+    fig = mh.multihop_figure(both, mh.summarize_multihop(both))
+    heats = [trace for trace in fig.data if trace.type == "heatmap"]
+    assert [h.name for h in heats] == ["CoT patchscope", "control: another query's source"]
+    assert heats[1].z[0][0] == 1.0 and heats[1].z[1][1] == 0.0
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -308,7 +339,8 @@ def test_command_writes_table_json_and_plot(tiny_dir, tiny_llama, tmp_path):
     records = json.loads(out_json.read_text())
     assert {"query_id", "method", "source_layer", "target_layer", "correct"} <= set(records[0])
     methods = {r["method"] for r in records}
-    assert {"vanilla", "cot", "patchscope", "patchscope-oracle", "patchscope-heldout"} == methods
+    assert {"vanilla", "cot", "patchscope", "patchscope-oracle", "patchscope-heldout", "control", "control-oracle",
+            "control-heldout"} == methods
     patch = [r for r in records if r["method"] == "patchscope"]
     assert len(patch) == 4 * 4 and {(r["source_layer"], r["target_layer"]) for r in patch} == {
         (0, 1), (0, 2), (2, 1), (2, 2)}

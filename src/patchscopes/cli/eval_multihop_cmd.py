@@ -44,7 +44,9 @@ PAPER_VICUNA_13B = {"vanilla": "19.57 (9/46)", "cot": "35.71", "patchscope-oracl
 """The paper's figures (Vicuna-13B, 46 queries, %)."""
 
 _LABELS = {"vanilla": "vanilla (composed prompt)", "cot": "chain of thought", "patchscope-oracle":
-           "CoT patchscope, oracle (any (l, l*))", "patchscope-heldout": "CoT patchscope, held-out (l, l*)"}
+           "CoT patchscope, oracle (any (l, l*))", "patchscope-heldout": "CoT patchscope, held-out (l, l*)",
+           "control-oracle": "control (another query's source), oracle", "control-heldout":
+           "control (another query's source), held-out (l, l*)"}
 
 
 def relation_paths(paths: list[Path]) -> list[Path]:
@@ -111,6 +113,10 @@ def multihop_command(
         bool, typer.Option("--hop-filter/--no-hop-filter", help="Keep only the queries whose two hops the model "
                            "answers alone (the answer within --max-new-tokens greedy tokens).")
     ] = True,
+    control: Annotated[
+        bool, typer.Option("--control/--no-control", help="Also run the control: the same sweep with the source "
+                           "taken from another query (a wrong intermediate entity); doubles the sweep's cost.")
+    ] = True,
     dev_fraction: Annotated[
         float, typer.Option("--dev-fraction", min=0.0, max=1.0, help="Share of the queries used to choose the "
                             "held-out (l, l*) pair.")
@@ -169,7 +175,7 @@ def multihop_command(
     samples = multihop_samples(
         lm, rels, direction=direction, source_layers=source_layers, target_layers=target_layers,  # type: ignore[arg-type]
         max_queries=max_queries or None, max_per_chain=max_per_chain or None, match_types=not any_types,
-        hop_filter=hop_filter, dev_fraction=dev_fraction, seed=seed, max_new_tokens=max_new_tokens,
+        hop_filter=hop_filter, control=control, dev_fraction=dev_fraction, seed=seed, max_new_tokens=max_new_tokens,
         cot_tokens=cot_tokens, cot_template=cot_template, engine=engine, progress=True,  # type: ignore[arg-type]
     )
     summary = summarize_multihop(samples)
@@ -185,6 +191,9 @@ def multihop_command(
         f"the oracle fixes {fixes[0]} of the {fixes[1]} queries the vanilla prompt gets wrong; held-out: the "
         f"pair best on the dev split ({attrs['counts'].get('dev', 0)} queries) scored on the test split "
         f"({attrs['counts'].get('test', 0)}); {seconds:.0f} s", style="dim"), soft_wrap=True)
+    if control and attrs["counts"].get("control", 0) < attrs["counts"].get("used", 0):
+        console.print(Text(f"control: {attrs['counts'].get('control', 0)} of {attrs['counts'].get('used', 0)} "
+                           "queries have another query to take a source from", style="dim"), soft_wrap=True)
     if attrs["counts"].get("used", 0) == 0:
         console.print(Text("no query survives the hop filter: the model answers no two-hop chain's hops alone",
                            style="yellow"), soft_wrap=True)

@@ -46,7 +46,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.generation import greedy_generate
 from patchscopes.model import LanguageModel
 from patchscopes.multihop import COT_TEMPLATE, TwoHopQuery, build_queries, split_queries
-from patchscopes.relations import knows_fact, mentions
+from patchscopes.relations import knows_fact, mentions, normalize_text
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
@@ -71,22 +71,57 @@ def default_layers(model: LanguageModel) -> str:
 
 
 def multihop_scope(query: TwoHopQuery, source_layer: int, target_layer: int, direction: Direction,
-                   max_new_tokens: int = 20) -> Patchscope:
+                   max_new_tokens: int = 20, *, donor: TwoHopQuery | None = None) -> Patchscope:
     """The CoT patchscope of one query at one (l, l*) pair (see the module's documentation).
+
+    Args:
+        query: The query (its target prompt, and its source unless ``donor`` is given).
+        source_layer: l.
+        target_layer: l*.
+        direction: ``"hop1-into-hop2"`` or ``"hop2-into-hop1"``.
+        max_new_tokens: Tokens generated from the patched target.
+        donor: The control: take the source from this other query instead (see :func:`control_donors`).
 
     Raises:
         PatchscopesError: An unknown direction.
     """
     readout = Generate(max_new_tokens=max_new_tokens)
+    giver = donor or query
     if direction == "hop1-into-hop2":
-        source = Source(query.hop1_prompt, source_layer, -1)
+        source = Source(giver.hop1_prompt, source_layer, -1)
         target = Target(query.composed_prompt, target_layer, query.description)
     elif direction == "hop2-into-hop1":
-        source = Source(query.hop2_prefix, source_layer, -1)
+        source = Source(giver.hop2_prefix, source_layer, -1)
         target = Target(query.description + query.hop2_suffix, target_layer, query.description)
     else:
         raise PatchscopesError(f"unknown direction {direction!r}", hint=f"use {' or '.join(DIRECTIONS)}")
     return Patchscope(source, target, readout)
+
+
+def control_donors(queries: Sequence[TwoHopQuery], direction: Direction) -> list[TwoHopQuery | None]:
+    """For each query, the query whose source the control patches in instead of its own, or ``None``.
+
+    The donor is the next query in order (cyclically) whose source prompt differs (in the direction's sense:
+    the hop-1 prompt, or hop 2's text before the description) and whose answer differs from the query's, so
+    that the donor's hidden state carries the wrong intermediate entity. The control measures how often the
+    answer appears when the patch carries no information about the query: the patch perturbs the target, and a
+    perturbed generation may name the answer by chance.
+    """
+    def source(q: TwoHopQuery) -> str:
+        return q.hop1_prompt if direction == "hop1-into-hop2" else q.hop2_prefix
+
+    out: list[TwoHopQuery | None] = []
+    n = len(queries)
+    for k, q in enumerate(queries):
+        donor = None
+        for step in range(1, n):
+            other = queries[(k + step) % n]
+            if (source(other) != source(q) and normalize_text(other.bridge) != normalize_text(q.bridge)
+                    and normalize_text(other.answer) != normalize_text(q.answer)):
+                donor = other
+                break
+        out.append(donor)
+    return out
 
 
 def filter_known(
@@ -146,6 +181,7 @@ def multihop_samples(
     max_per_chain: int | None = None,
     match_types: bool = True,
     hop_filter: bool = True,
+    control: bool = False,
     dev_fraction: float = 0.5,
     seed: int = 0,
     max_new_tokens: int = 20,
@@ -170,6 +206,8 @@ def multihop_samples(
         match_types: Chain relations only where hop 1's range name is hop 2's domain name.
         hop_filter: Keep only queries whose hops the model answers alone (:func:`filter_known`); without it,
             every query is used (and ``hop1_prompt`` stays the first template's).
+        control: Also run the control over the same pairs: the source taken from another query
+            (:func:`control_donors`), rows with ``method == "control"``.
         dev_fraction: Share of the used queries in the development split.
         seed: Seed of the samples and of the split.
         max_new_tokens: Greedy tokens for the hop filter, the vanilla prompt and the patched generations.
@@ -181,9 +219,9 @@ def multihop_samples(
         progress: Show progress bars.
 
     Returns:
-        Columns :data:`RECORD_COLUMNS`: ``method`` is ``vanilla``, ``cot`` (layers empty) or ``patchscope`` (one
-        row per pair); ``split`` is ``dev`` or ``test``. ``attrs`` holds the counts at each filtering step
-        (``counts``), the chains, the hop rows (``hops``) and the settings.
+        Columns :data:`RECORD_COLUMNS`: ``method`` is ``vanilla``, ``cot`` (layers empty), ``patchscope`` or
+        ``control`` (one row per pair); ``split`` is ``dev`` or ``test``. ``attrs`` holds the counts at each
+        filtering step (``counts``), the chains, the hop rows (``hops``) and the settings.
 
     Raises:
         PatchscopesError: Bad options, or no query to start from.
@@ -237,6 +275,7 @@ def multihop_samples(
     counts["dev"], counts["test"] = len(dev), len(test)
 
     rows: list[tuple] = []
+    counts["control"] = 0
     if used:
         vanilla = greedy_generate(model, [q.composed_prompt for q in used], max_new_tokens)
         cot = greedy_generate(model, [q.cot_prompt for q in used], cot_tokens)
@@ -244,17 +283,22 @@ def multihop_samples(
             rows.append(_row(q, "vanilla", split_of[q.query_id], None, None, v))
             rows.append(_row(q, "cot", split_of[q.query_id], None, None, c))
         pairs = [(sl, t) for sl in src_layers for t in tgt_layers]
-        bar = tqdm(total=len(used) * len(pairs), desc="multihop", unit="patch", disable=not progress)
+        donors = control_donors(used, direction) if control else [None] * len(used)
+        donor_of = {q.query_id: d for q, d in zip(used, donors)}
+        counts["control"] = sum(d is not None for d in donors)
+        total = len(used) * len(pairs) + counts["control"] * len(pairs)
+        bar = tqdm(total=total, desc="multihop", unit="patch", disable=not progress)
         try:
             for first in range(0, len(used), queries_per_run):
                 part = used[first: first + queries_per_run]
-                scopes = [multihop_scope(q, sl, t, direction, max_new_tokens) for q in part for sl, t in pairs]
+                keys = [(q, "patchscope", sl, t) for q in part for sl, t in pairs]
+                keys += [(q, "control", sl, t) for q in part if donor_of[q.query_id] is not None for sl, t in pairs]
+                scopes = [multihop_scope(q, sl, t, direction, max_new_tokens,
+                                         donor=donor_of[q.query_id] if method == "control" else None)
+                          for q, method, sl, t in keys]
                 results = run(scopes, model, engine=engine, budget=budget)
-                k = 0
-                for q in part:
-                    for sl, t in pairs:
-                        rows.append(_row(q, "patchscope", split_of[q.query_id], sl, t, results[k].generated_text))
-                        k += 1
+                for (q, method, sl, t), result in zip(keys, results):
+                    rows.append(_row(q, method, split_of[q.query_id], sl, t, result.generated_text))
                 bar.update(len(scopes))
         finally:
             bar.close()
@@ -265,7 +309,7 @@ def multihop_samples(
         model=model.name, num_layers=model.num_layers, direction=direction, counts=counts,
         chains=[list(c) for c in chains], skipped=skipped, source_layers=src_layers, target_layers=tgt_layers,
         hops=hops.to_dict(orient="records"), seed=seed, dev_fraction=dev_fraction, max_new_tokens=max_new_tokens,
-        cot_tokens=cot_tokens, cot_template=cot_template, engine=engine, hop_filter=hop_filter,
+        cot_tokens=cot_tokens, cot_template=cot_template, engine=engine, hop_filter=hop_filter, control=control,
         queries=[q.to_record() for q in used], seconds=round(time.perf_counter() - start, 1),
     )
     return frame
@@ -278,9 +322,10 @@ def _row(q: TwoHopQuery, method: str, split: str, source_layer, target_layer, te
 
 
 # -- scores -----------------------------------------------------------------------------------------------------
-def pair_accuracy(samples: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
-    """Accuracy of each (l, l*) pair: columns ``source_layer, target_layer, correct, n, accuracy``."""
-    patch = samples[samples["method"] == "patchscope"]
+def pair_accuracy(samples: pd.DataFrame, split: str | None = None, method: str = "patchscope") -> pd.DataFrame:
+    """Accuracy of each (l, l*) pair of ``method`` (``patchscope`` or ``control``): columns ``source_layer,
+    target_layer, correct, n, accuracy``."""
+    patch = samples[samples["method"] == method]
     if split is not None:
         patch = patch[patch["split"] == split]
     grouped = patch.groupby(["source_layer", "target_layer"])["correct"].agg(["sum", "size"]).reset_index()
@@ -290,7 +335,8 @@ def pair_accuracy(samples: pd.DataFrame, split: str | None = None) -> pd.DataFra
 
 
 def choose_pair(samples: pd.DataFrame) -> tuple[int, int] | None:
-    """The (l, l*) pair with the best accuracy on the development split, or ``None`` without development rows.
+    """The (l, l*) pair with the best patchscope accuracy on the development split, or ``None`` without
+    development rows.
 
     Ties go to the pair whose 3×3 neighbourhood in the swept grid has the best mean development accuracy, then
     to the lowest (l, l*).
@@ -317,30 +363,35 @@ def summarize_multihop(samples: pd.DataFrame) -> pd.DataFrame:
     """The table: per method, the accuracy on all used queries and on the test split.
 
     Rows ``vanilla``, ``cot``, ``patchscope-oracle`` (correct if any pair yields the answer) and
-    ``patchscope-heldout`` (the pair chosen on the development split, applied to the test split; its
-    ``all`` columns are empty). Columns ``method, correct, n, accuracy, test_correct, test_n, test_accuracy,
-    source_layer, target_layer``. ``attrs`` adds ``chosen_pair`` and ``oracle_fixes`` (queries the vanilla
-    prompt gets wrong that some pair gets right, out of the vanilla failures).
+    ``patchscope-heldout`` (the pair chosen on the development split, applied to the test split; its ``all``
+    columns are empty); with control rows, also ``control-oracle`` and ``control-heldout`` (the same scores for
+    the control, at the pair chosen for the patchscope). Columns ``method, correct, n, accuracy, test_correct,
+    test_n, test_accuracy, source_layer, target_layer``. ``attrs`` adds ``chosen_pair`` and ``oracle_fixes``
+    (queries the vanilla prompt gets wrong that some pair gets right, out of the vanilla failures).
     """
     records = []
     per_query = {}
     for method in ("vanilla", "cot"):
         per_query[method] = samples[samples["method"] == method].set_index("query_id")["correct"]
-    patch = samples[samples["method"] == "patchscope"]
-    per_query["patchscope-oracle"] = patch.groupby("query_id")["correct"].any()
+    sweeps = ["patchscope"] + (["control"] if (samples["method"] == "control").any() else [])
+    for method in sweeps:
+        per_query[f"{method}-oracle"] = samples[samples["method"] == method].groupby("query_id")["correct"].any()
     split = samples.drop_duplicates("query_id").set_index("query_id")["split"]
     test_ids = split.index[split == "test"]
-    for method in ("vanilla", "cot", "patchscope-oracle"):
+    chosen = choose_pair(samples)
+    for method in ("vanilla", "cot", *(f"{m}-{kind}" for m in sweeps for kind in ("oracle", "heldout"))):
+        if method.endswith("-heldout"):
+            rows = samples[samples["method"] == method.removesuffix("-heldout")]
+            if chosen is None or not len(test_ids):
+                records.append(_record(method, None, None, None, 0, chosen))
+                continue
+            at = rows[(rows["source_layer"] == chosen[0]) & (rows["target_layer"] == chosen[1])
+                      & (rows["split"] == "test")]
+            records.append(_record(method, None, None, int(at["correct"].sum()), len(at), chosen))
+            continue
         correct = per_query[method].astype(bool)
         test = correct[correct.index.isin(test_ids)]
         records.append(_record(method, int(correct.sum()), len(correct), int(test.sum()), len(test), None))
-    chosen = choose_pair(samples)
-    if chosen is not None and len(test_ids):
-        at = patch[(patch["source_layer"] == chosen[0]) & (patch["target_layer"] == chosen[1])
-                   & (patch["split"] == "test")]
-        records.append(_record("patchscope-heldout", None, None, int(at["correct"].sum()), len(at), chosen))
-    else:
-        records.append(_record("patchscope-heldout", None, None, None, 0, chosen))
     frame = pd.DataFrame(records)
     frame.attrs.update(samples.attrs)
     vanilla_wrong = per_query["vanilla"].index[~per_query["vanilla"].astype(bool)]
@@ -375,28 +426,28 @@ def evaluate_multihop(model: LanguageModel, relations: Sequence[object], **optio
 def result_records(samples: pd.DataFrame, summary: pd.DataFrame) -> list[dict]:
     """Records for ``--json``: every sample row, plus per query a ``patchscope-oracle`` record (its layers are
     the first pair that yields the answer, empty if none) and, on the test split, a ``patchscope-heldout``
-    record at the chosen pair."""
+    record at the chosen pair (the same as ``control-oracle`` and ``control-heldout`` for control rows)."""
     records = []
     for rec in samples.to_dict(orient="records"):
         records.append({k: (None if v is pd.NA else v) for k, v in rec.items()})
-    patch = samples[samples["method"] == "patchscope"]
-    for query_id, group in patch.groupby("query_id", sort=False):
-        hits = group[group["correct"]]
-        first = hits.iloc[0] if len(hits) else group.iloc[0]
-        records.append({
-            "query_id": query_id, "method": "patchscope-oracle", "split": first["split"],
-            "source_layer": int(first["source_layer"]) if len(hits) else None,
-            "target_layer": int(first["target_layer"]) if len(hits) else None,
-            "correct": bool(len(hits)), "generated_text": first["generated_text"] if len(hits) else None,
-            "answer": first["answer"], "relation1": first["relation1"], "relation2": first["relation2"],
-        })
+    for method in ("patchscope", "control"):
+        for query_id, group in samples[samples["method"] == method].groupby("query_id", sort=False):
+            hits = group[group["correct"]]
+            first = hits.iloc[0] if len(hits) else group.iloc[0]
+            records.append({
+                "query_id": query_id, "method": f"{method}-oracle", "split": first["split"],
+                "source_layer": int(first["source_layer"]) if len(hits) else None,
+                "target_layer": int(first["target_layer"]) if len(hits) else None,
+                "correct": bool(len(hits)), "generated_text": first["generated_text"] if len(hits) else None,
+                "answer": first["answer"], "relation1": first["relation1"], "relation2": first["relation2"],
+            })
     chosen = summary.attrs.get("chosen_pair")
     if chosen is not None:
-        at = patch[(patch["source_layer"] == chosen[0]) & (patch["target_layer"] == chosen[1])
-                   & (patch["split"] == "test")]
+        at = samples[(samples["source_layer"] == chosen[0]) & (samples["target_layer"] == chosen[1])
+                     & (samples["split"] == "test")]
         for rec in at.to_dict(orient="records"):
             rec = {k: (None if v is pd.NA else v) for k, v in rec.items()}
-            rec["method"] = "patchscope-heldout"
+            rec["method"] = f"{rec['method']}-heldout"
             records.append(rec)
     for rec in records:
         for key in ("source_layer", "target_layer"):
@@ -407,44 +458,58 @@ def result_records(samples: pd.DataFrame, summary: pd.DataFrame) -> list[dict]:
 
 
 def multihop_figure(samples: pd.DataFrame, summary: pd.DataFrame | None = None, *, title: str | None = None):
-    """A heatmap of the patchscope's success over (l, l*): the share of queries whose generation contains the
-    answer at each pair, with the held-out pair marked.
+    """Heatmaps of success over (l, l*): the share of queries whose generation contains the answer at each pair,
+    for the patchscope and (where it was run) the control side by side, with the held-out pair marked.
 
     Returns:
         A plotly figure (save it with :func:`patchscopes.plots.save_figure`).
+
+    Raises:
+        PatchscopesError: There are no patchscope rows.
     """
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    acc = pair_accuracy(samples)
-    if acc.empty:
+    if pair_accuracy(samples).empty:
         raise PatchscopesError("no patchscope results to plot (no query was kept)")
-    src = sorted(int(v) for v in acc["source_layer"].unique())
-    tgt = sorted(int(v) for v in acc["target_layer"].unique())
-    lookup = {(int(r.source_layer), int(r.target_layer)): r for r in acc.itertuples()}
-    z = [[lookup[(sl, t)].accuracy if (sl, t) in lookup else None for sl in src] for t in tgt]
-    text = [[f"{lookup[(sl, t)].correct}/{lookup[(sl, t)].n}" if (sl, t) in lookup else "" for sl in src] for t in tgt]
-    fig = go.Figure(go.Heatmap(
-        x=[str(v) for v in src], y=[str(v) for v in tgt], z=z, text=text, texttemplate="%{text}",
-        zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="success"),
-        hovertemplate="l=%{x} → l*=%{y}<br>%{text} queries (%{z:.2f})<extra></extra>",
-    ))
+    panels = [("patchscope", "CoT patchscope")]
+    if (samples["method"] == "control").any():
+        panels.append(("control", "control: another query's source"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[label for _, label in panels],
+                        horizontal_spacing=0.08)
+    chosen = summary.attrs.get("chosen_pair") if summary is not None else None
+    for col, (method, label) in enumerate(panels, start=1):
+        acc = pair_accuracy(samples, method=method)
+        src = sorted(int(v) for v in acc["source_layer"].unique())
+        tgt = sorted(int(v) for v in acc["target_layer"].unique())
+        lookup = {(int(r.source_layer), int(r.target_layer)): r for r in acc.itertuples()}
+        z = [[lookup[(sl, t)].accuracy if (sl, t) in lookup else None for sl in src] for t in tgt]
+        text = [[f"{lookup[(sl, t)].correct}/{lookup[(sl, t)].n}" if (sl, t) in lookup else "" for sl in src]
+                for t in tgt]
+        fig.add_trace(go.Heatmap(
+            x=[str(v) for v in src], y=[str(v) for v in tgt], z=z, text=text, texttemplate="%{text}",
+            zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="success"), showscale=col == 1, name=label,
+            hovertemplate=f"{label}<br>l=%{{x}} → l*=%{{y}}<br>%{{text}} queries (%{{z:.2f}})<extra></extra>",
+        ), row=1, col=col)
+        if chosen:
+            fig.add_trace(go.Scatter(
+                x=[str(chosen[0])], y=[str(chosen[1])], mode="markers", name="held-out pair (chosen on dev)",
+                showlegend=col == 1, marker=dict(symbol="square-open", size=24, color="red", line=dict(width=3)),
+            ), row=1, col=col)
+        fig.update_xaxes(title_text="source layer l", row=1, col=col)
+        fig.update_yaxes(title_text="target layer l*" if col == 1 else None, row=1, col=col)
     attrs = samples.attrs
-    if summary is not None and summary.attrs.get("chosen_pair"):
-        sl, t = summary.attrs["chosen_pair"]
-        fig.add_trace(go.Scatter(x=[str(sl)], y=[str(t)], mode="markers", name="held-out pair (chosen on dev)",
-                                 marker=dict(symbol="square-open", size=26, color="red", line=dict(width=3))))
     if title is None:
         title = (f"Multi-hop CoT patchscope · {attrs.get('model', '')} · {attrs.get('direction', '')} · "
                  f"{samples['query_id'].nunique()} queries")
         if summary is not None:
             by = {r["method"]: r for r in summary.to_dict(orient="records")}
-            parts = [f"{m} {by[m]['accuracy']:.0%}" for m in ("vanilla", "cot", "patchscope-oracle")
+            parts = [f"{m} {by[m]['accuracy']:.0%}" for m in ("vanilla", "cot", "patchscope-oracle", "control-oracle")
                      if m in by and by[m]["accuracy"] is not None]
             held = by.get("patchscope-heldout")
             if held and held["test_accuracy"] is not None:
                 parts.append(f"held-out {held['test_accuracy']:.0%} (test, n={held['test_n']})")
             title += "<br><sub>" + " · ".join(parts) + "</sub>"
-    fig.update_layout(title=title, template="plotly_white", width=760, height=680,
-                      xaxis_title="source layer l", yaxis_title="target layer l*",
-                      legend=dict(orientation="h", yanchor="top", y=-0.1, x=0.5, xanchor="center"))
+    fig.update_layout(title=title, template="plotly_white", width=660 * len(panels), height=640,
+                      legend=dict(orientation="h", yanchor="top", y=-0.12, x=0.5, xanchor="center"))
     return fig
