@@ -175,6 +175,7 @@ def test_select_entities_splits():
 def test_clean_description():
     assert clean_description(": Italian artist, Paris: capital of France") == "Italian artist"
     assert clean_description(" Coates: American actor") == "American actor"
+    assert clean_description(": The Golden Goat: American football team") == "American football team"
     assert clean_description(": a city\nTokyo: ...") == "a city"
     assert clean_description("American actor") == "American actor"
     assert clean_description(", Paris: city") == ""

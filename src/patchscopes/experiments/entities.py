@@ -8,8 +8,9 @@ model generates up to 50 tokens greedily (:data:`DESCRIPTION_READOUT`).
 
 **The description** is cut from the generated text by :func:`clean_description`: up to the first ``","`` or
 newline (the demonstrations are separated by ``", "``: the model's next entry starts there), then, if the
-text holds a ``":"``, only what follows the first one (the model often writes ``": Italian artist"``, and
-sometimes continues the name first, ``" Coates: American actor"``), stripped of spaces.
+text holds a ``":"``, only what follows the last one (the model often writes ``": Italian artist"``, and
+sometimes continues the name first, ``" Coates: American actor"``, or invents one, ``": The Golden Goat:
+American football team"``), stripped of spaces.
 
 **Scores** (:mod:`patchscopes.scoring`): RougeL and Rouge1 F-measures and the SBERT cosine against the
 entity's reference description, where it has one. ``reference="self"`` scores against the target model's
@@ -51,19 +52,21 @@ SAMPLE_COLUMNS = ["entity", "group", "popularity", "layer", "target_layer", "map
 def clean_description(generated: str) -> str:
     """The description in a generated continuation of the description prompt.
 
-    Cut at the first ``","`` or newline; keep what follows the first ``":"`` if there is one; strip spaces.
+    Cut at the first ``","`` or newline; keep what follows the last ``":"`` if there is one; strip spaces.
 
     Example:
         >>> clean_description(": Italian artist, Paris: capital of France")
         'Italian artist'
         >>> clean_description(" Coates: American actor")
         'American actor'
+        >>> clean_description(": The Golden Goat: American football team")
+        'American football team'
     """
     text = generated
     for stop in DESCRIPTION_STOP:
         text = text.split(stop, 1)[0]
     if ":" in text:
-        text = text.split(":", 1)[1]
+        text = text.rsplit(":", 1)[1]
     return text.strip()
 
 
