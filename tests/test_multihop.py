@@ -251,7 +251,9 @@ def test_oracle_and_held_out_scores():
     # The control is scored the same way, at the pair chosen for the patchscope.
     with_control = synthetic_samples({"d1": ("dev", [(1, 1)]), "t1": ("test", [(1, 1)]), "t2": ("test", [])},
                                      control=True)
-    summary = mh.summarize_multihop(with_control).set_index("method")
+    summary = mh.summarize_multihop(with_control)
+    assert summary.attrs["oracle_fixes"] == [2, 3] and summary.attrs["control_fixes"] == [3, 3]
+    summary = summary.set_index("method")
     assert summary.loc["control-oracle", "correct"] == 3 and summary.loc["control-heldout", "test_correct"] == 0
     assert summary.loc["patchscope-heldout", "test_correct"] == 1
     records = mh.result_records(with_control, mh.summarize_multihop(with_control))

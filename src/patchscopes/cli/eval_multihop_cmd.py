@@ -188,7 +188,10 @@ def multihop_command(
     console.print(Text(
         f"source layers {_layers(attrs['source_layers'])}; target layers {_layers(attrs['target_layers'])}; "
         f"correct: the answer appears in {max_new_tokens} greedy tokens ({cot_tokens} for chain of thought); "
-        f"the oracle fixes {fixes[0]} of the {fixes[1]} queries the vanilla prompt gets wrong; held-out: the "
+        f"the oracle fixes {fixes[0]} of the {fixes[1]} queries the vanilla prompt gets wrong"
+        + (f" (the control's oracle {summary.attrs['control_fixes'][0]} of {summary.attrs['control_fixes'][1]})"
+           if "control_fixes" in summary.attrs else "")
+        + "; held-out: the "
         f"pair best on the dev split ({attrs['counts'].get('dev', 0)} queries) scored on the test split "
         f"({attrs['counts'].get('test', 0)}); {seconds:.0f} s", style="dim"), soft_wrap=True)
     if control and attrs["counts"].get("control", 0) < attrs["counts"].get("used", 0):

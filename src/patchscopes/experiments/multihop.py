@@ -367,7 +367,8 @@ def summarize_multihop(samples: pd.DataFrame) -> pd.DataFrame:
     columns are empty); with control rows, also ``control-oracle`` and ``control-heldout`` (the same scores for
     the control, at the pair chosen for the patchscope). Columns ``method, correct, n, accuracy, test_correct,
     test_n, test_accuracy, source_layer, target_layer``. ``attrs`` adds ``chosen_pair`` and ``oracle_fixes``
-    (queries the vanilla prompt gets wrong that some pair gets right, out of the vanilla failures).
+    (queries the vanilla prompt gets wrong that some pair gets right, out of the vanilla failures), and with
+    control rows ``control_fixes`` (the same for the control, out of the vanilla failures that have a donor).
     """
     records = []
     per_query = {}
@@ -398,6 +399,10 @@ def summarize_multihop(samples: pd.DataFrame) -> pd.DataFrame:
     oracle = per_query["patchscope-oracle"]
     frame.attrs["chosen_pair"] = list(chosen) if chosen is not None else None
     frame.attrs["oracle_fixes"] = [int(oracle.reindex(vanilla_wrong, fill_value=False).sum()), len(vanilla_wrong)]
+    if "control-oracle" in per_query:
+        control = per_query["control-oracle"]
+        with_donor = vanilla_wrong[vanilla_wrong.isin(control.index)]
+        frame.attrs["control_fixes"] = [int(control.reindex(with_donor, fill_value=False).sum()), len(with_donor)]
     return frame
 
 
