@@ -259,8 +259,15 @@ def test_cross_model_samples(cmap, tiny_llama, bpe_wide):
     first = tiny_llama.tokenizer(patched.top_token, add_special_tokens=False)["input_ids"][0]
     assert row["surprisal"] == pytest.approx(float(-logprobs[first]), abs=1e-4)
     assert math.isnan(text_surprisal(tiny_llama, logprobs, ""))
+    own_row = own[own["sample"] == row["sample"]].iloc[0]
+    assert row["same_as_target_own"] == (row["predicted_token"] == own_row["predicted_token"])
+    assert own["same_as_target_own"].all()
+    unpatched = ps.run(ps.Patchscope(ps.Source(b_ids, 2, -1), ps.Target(b_ids, 2, -1)), bpe_wide,
+                       engine="reference")[0]
+    assert own_row["predicted_token"] == unpatched.top_token
     # Token identity compares ids of the same model.
     ti = frame[frame["method"] == "token-identity"]
+    assert ti["same_as_target_own"].isna().all()
     assert set(zip(ti["layer"], ti["target_layer"])) == {(0, 0), (2, 2)}
     summary = summarize_cross_model(frame)
     cell = summary[(summary["method"] == "cross-model") & (summary["layer"] == 2) & (summary["target_layer"] == 2)]
@@ -268,6 +275,8 @@ def test_cross_model_samples(cmap, tiny_llama, bpe_wide):
     part = frame[(frame["method"] == "cross-model") & (frame["layer"] == 2) & (frame["target_layer"] == 2)]
     assert cell["precision_at_1"].iloc[0] == pytest.approx(part["correct"].mean())
     assert (summary["precision_at_1_stripped"] >= summary["precision_at_1"]).all()
+    assert cell["same_as_target_own"].iloc[0] == pytest.approx(part["same_as_target_own"].astype(bool).mean())
+    assert summary[summary["method"] == "target-own"]["same_as_target_own"].iloc[0] == 1.0
     fig = cross_model_figure(summary)
     assert any(t.type == "heatmap" for t in fig.data)
 

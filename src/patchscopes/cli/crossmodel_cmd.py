@@ -258,6 +258,11 @@ def cross_model_command(
             console.print(Text(f"{b.name}'s own prediction agrees with {a.name}'s on "
                                f"{own['precision_at_1'].iloc[0]:.3f} of the positions (tokens compared as text)"),
                           soft_wrap=True)
+        cross = summary[summary["method"] == "cross-model"]
+        if len(own) and len(cross):
+            same = cross["same_as_target_own"]
+            console.print(Text(f"the patched {b.name} predicts what it predicts unpatched on {same.min():.3f} to "
+                               f"{same.max():.3f} of the positions, depending on (l, l*)"), soft_wrap=True)
         console.print(Text(f"{attrs['samples']} positions (one per window of ≤{max_tokens} tokens of A, where both "
                            f"models have read the same text) from {attrs['documents']} eval documents; "
                            f"{attrs['excluded_fit_documents']} documents the map was fitted on left out",

@@ -52,8 +52,9 @@ from patchscopes.text_data import Document
 CROSS_METHODS = ("cross-model", "cross-model-identity-prompt", "token-identity", "target-own")
 DEFAULT_METHODS = ("cross-model", "token-identity", "target-own")
 SAMPLE_COLUMNS = ["method", "layer", "target_layer", "sample", "document", "source_position", "target_position",
-                  "source_token", "predicted_token", "correct", "correct_stripped", "surprisal"]
-SUMMARY_COLUMNS = ["method", "layer", "target_layer", "precision_at_1", "precision_at_1_stripped", "surprisal", "n"]
+                  "source_token", "predicted_token", "correct", "correct_stripped", "surprisal", "same_as_target_own"]
+SUMMARY_COLUMNS = ["method", "layer", "target_layer", "precision_at_1", "precision_at_1_stripped", "surprisal",
+                   "same_as_target_own", "n"]
 
 
 def _pairs(cmap: CrossModelMap, source: LanguageModel, target: LanguageModel, layers: Spec | None,
@@ -120,7 +121,9 @@ def cross_model_samples(
 
     Returns:
         Columns :data:`SAMPLE_COLUMNS`; ``token-identity`` and ``target-own`` rows have ``target_layer`` = l and
-        -1 (no layer) respectively. ``attrs`` holds counts and settings.
+        -1 (no layer) respectively. ``same_as_target_own`` (rows that B predicted, with ``target-own`` among
+        the methods) says whether B's patched top token equals its own unpatched one at j: how often the patch
+        left B's prediction as it was. ``attrs`` holds counts and settings.
 
     Raises:
         PatchscopesError: Models the map was not fitted between, pairs it lacks, unknown methods, or no usable
@@ -183,6 +186,7 @@ def cross_model_samples(
                                                  Target(TOKEN_IDENTITY_PROMPT, layer, -1), NextToken(top_k=1)))
                         keys.append(("token-identity", layer, layer, s))
             results = run(scopes, source, engine=engine, budget=budget)
+            own_text: dict[int, str] = {}
             logprobs = {s: torch.log_softmax(results[k].readings.logits.float(), dim=-1) for s, k in finals.items()}
             for (method, layer, target_layer, s), result in zip(keys, results):
                 if method == "final":
@@ -201,8 +205,12 @@ def cross_model_samples(
                     correct = predicted_text == final_text
                     surprisal = text_surprisal(source, lp, predicted_text)
                 stripped = (predicted_text.strip() == final_text.strip()) if final_text.strip() else correct
+                if method == "target-own":
+                    own_text[s] = predicted_text
+                same_as_own = (None if method == "token-identity" or s not in own_text
+                               else predicted_text == own_text[s])
                 rows.append((method, layer, target_layer, s, w.digest[:12], i, j, final_text, predicted_text,
-                             bool(correct), bool(stripped or correct), surprisal))
+                             bool(correct), bool(stripped or correct), surprisal, same_as_own))
             bar.update(len(part))
     finally:
         bar.close()
@@ -228,7 +236,8 @@ def text_surprisal(model: LanguageModel, logprobs: torch.Tensor, text: str) -> f
 
 
 def summarize_cross_model(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per method and (l, l*): Precision@1 (exact and whitespace-stripped), mean surprisal (nats) and n."""
+    """Per method and (l, l*): Precision@1 (exact and whitespace-stripped), mean surprisal (nats), the share of
+    patched predictions equal to B's own unpatched one, and n."""
     records = []
     for (method, layer, target_layer), cell in samples.groupby(["method", "layer", "target_layer"], sort=False):
         records.append({
@@ -236,6 +245,8 @@ def summarize_cross_model(samples: pd.DataFrame) -> pd.DataFrame:
             "precision_at_1": float(cell["correct"].mean()),
             "precision_at_1_stripped": float(cell["correct_stripped"].mean()),
             "surprisal": float(cell["surprisal"].mean()) if cell["surprisal"].notna().any() else math.nan,
+            "same_as_target_own": (float(cell["same_as_target_own"].dropna().astype(bool).mean())
+                                   if cell["same_as_target_own"].notna().any() else math.nan),
             "n": len(cell),
         })
     frame = pd.DataFrame(records, columns=SUMMARY_COLUMNS)
