@@ -98,6 +98,9 @@ def test_experiment_equals_a_per_sample_reference_computation(tiny_llama):
     # The probe ran on all 18 samples at both source layers.
     assert sorted(results.probe["layer"].unique()) == [0, 2]
     assert results.probe.groupby("layer")["n_test"].sum().tolist() == [18, 18]
+    table = results.summary()
+    assert table.loc[0, "samples"] == 4 and table.loc[0, "probe_samples"] == 18 and table.loc[0, "classes"] == 3
+    assert table.loc[0, "majority"] == pytest.approx(1 / 3)  # three colours, six samples each
 
 
 def test_reference_engine_gives_the_same_results(tiny_gpt2):

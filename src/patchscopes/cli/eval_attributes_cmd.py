@@ -246,18 +246,20 @@ def counts_table(results: AttributeResults) -> Table:
 
 
 def summary_table(results: AttributeResults, *, title: str | None = None) -> Table:
-    """The paper's Table 2: per relation, samples, classes, probe and patchscope (mean ± std over layers, %),
-    the significance, and the paper's GPT-J figures where known."""
+    """The paper's Table 2: per relation, samples (patchscope / probe), classes, the majority-class share,
+    probe and patchscope (mean ± std over layers, %), the significance, and the paper's GPT-J figures."""
     summary = results.summary()
     table = Table(title=Text(title) if title else None, title_justify="left")
     for name, justify in (("relation", "left"), ("samples", "right"), ("classes", "right"),
-                          ("probe %", "right"), ("patchscope %", "right"), ("p (Bonferroni)", "right"),
+                          ("majority %", "right"), ("probe %", "right"), ("patchscope %", "right"),
+                          ("p (Bonferroni)", "right"),
                           ("significant", "left"), ("paper GPT-J\nprobe · patchscope", "right")):
         table.add_column(Text(name), justify=justify)  # type: ignore[arg-type]
     for r in summary.itertuples():
         winner = {"patchscope": "patchscope ✓", "probe": "probe ✓", "tie": "tie", "n/a": "–"}[r.winner]
         paper = "" if math.isnan(r.paper_probe) else f"{r.paper_probe:.1f} · {r.paper_patchscope:.1f}"
         p = "–" if math.isnan(r.p_bonferroni) else f"{r.p_bonferroni:.2g}"
-        table.add_row(Text(r.relation), f"{r.samples} / {r.probe_samples}", str(r.classes),
+        majority = "–" if math.isnan(r.majority) else f"{100 * r.majority:.1f}"
+        table.add_row(Text(r.relation), f"{r.samples} / {r.probe_samples}", str(r.classes), majority,
                       _pm(r.probe_mean, r.probe_std), _pm(r.patchscope_mean, r.patchscope_std), p, winner, paper)
     return table

@@ -86,7 +86,7 @@ PAPER_TABLE2: dict[str, tuple[float, float]] = {
 """The paper's Table 2 (GPT-J-6B): (probe, patchscope) accuracy in %, mean over layers, by relation key."""
 
 SUMMARY_COLUMNS = [
-    "relation", "key", "samples", "probe_samples", "classes", "probe_mean", "probe_std", "patchscope_mean",
+    "relation", "key", "samples", "probe_samples", "classes", "majority", "probe_mean", "probe_std", "patchscope_mean",
     "patchscope_std", "t_statistic", "p_value", "p_bonferroni", "winner", "paper_probe", "paper_patchscope",
 ]
 
@@ -158,7 +158,8 @@ class AttributeResults:
         """The paper's Table 2: per relation, samples, classes, probe and patchscope mean ± std over the
         source layers (accuracies in [0, 1]), the paired t-test over layers with a Bonferroni correction for
         the number of relations tested, the winner (``patchscope``, ``probe`` or ``tie``) and the paper's
-        GPT-J figures (in %) where the relation is one of its Table 2."""
+        GPT-J figures (in %) where the relation is one of its Table 2. ``majority`` is the share of the most
+        common object among the probe's samples (what always answering it would score)."""
         by_layer = self.layer_accuracy()
         rows = []
         tests = {}
@@ -171,9 +172,13 @@ class AttributeResults:
             b = probe.set_index("layer").loc[common, "accuracy"].to_numpy() if common else np.array([])
             tests[rel] = (a, b)
             paper = PAPER_TABLE2.get(record.key, (math.nan, math.nan))
+            objects = (self.samples.loc[self.samples["relation"] == rel, "object"] if len(self.samples)
+                       else pd.Series(dtype=object))
+            majority = float(objects.value_counts().iloc[0] / len(objects)) if len(objects) else math.nan
             rows.append({
                 "relation": rel, "key": record.key, "samples": int(record.patchscope_samples),
                 "probe_samples": int(record.probe_samples), "classes": int(record.probe_classes),
+                "majority": majority,
                 "probe_mean": _mean(probe["accuracy"]), "probe_std": _std(probe["accuracy"]),
                 "patchscope_mean": _mean(patch["accuracy"]), "patchscope_std": _std(patch["accuracy"]),
                 "paper_probe": paper[0], "paper_patchscope": paper[1],
@@ -221,7 +226,7 @@ class AttributeResults:
                       "p_bonferroni": _clean(r.p_bonferroni), "winner": r.winner, "classes": int(r.classes)}
             out.append({**common, "method": "probe", "accuracy": _clean(r.probe_mean),
                         "accuracy_std": _clean(r.probe_std), "n": int(r.probe_samples),
-                        "paper_accuracy": _clean(r.paper_probe)})
+                        "majority": _clean(r.majority), "paper_accuracy": _clean(r.paper_probe)})
             out.append({**common, "method": "patchscope", "accuracy": _clean(r.patchscope_mean),
                         "accuracy_std": _clean(r.patchscope_std), "n": int(r.samples),
                         "paper_accuracy": _clean(r.paper_patchscope)})
