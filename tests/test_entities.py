@@ -331,6 +331,17 @@ def test_eval_entities_bad_input(tiny_dir, wikides_file, extra, match):
     assert match.split("|")[0] in result.output.replace("\n", " ") or match in result.output
 
 
+def test_eval_entities_png_needs_kaleido(tiny_dir, wikides_file, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kaleido" else real(name, *a))
+    result = runner.invoke(app, ["eval", "entities", "--model", str(tiny_dir), "--entities", str(wikides_file),
+                                 "--plot", str(tmp_path / "f.png")], env=ENV)
+    assert result.exit_code == 2
+    assert "kaleido" in result.output and not (tmp_path / "f.png").exists()
+
+
 def test_eval_entities_plot_needs_scores(tiny_dir, tmp_path):
     path = tmp_path / "popqa.csv"
     pd.DataFrame(POPQA_ROWS).to_csv(path, index=False)

@@ -8,6 +8,7 @@ descriptions per layer (the paper's Table 3), and writes ``--json`` records and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -41,12 +42,17 @@ ENTITIES_HELP = ("An entity file: PopQA rows (TSV/CSV/JSON with 'subj', 's_pop')
 
 
 def check_output_paths(json_path: Path | None, plot: Path | None) -> None:
-    """Refuse output names with the wrong extension before anything runs."""
+    """Refuse output names with the wrong extension, and images without kaleido, before anything runs."""
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
                                hint="e.g. --plot figure.html")
+    image = plot is not None and plot.suffix.lower() not in (".html", ".htm")
+    if image and importlib.util.find_spec("kaleido") is None:
+        raise PatchscopesError(f"--plot {plot}: saving {plot.suffix} images needs the kaleido package, which is not "
+                               "installed", hint="save as .html instead (self-contained, works offline), or pip "
+                               "install kaleido")
 
 
 def clean_records(frame: pd.DataFrame, extra: dict | None = None) -> list[dict]:
