@@ -29,10 +29,9 @@ The description is derived from A's templates by two rules, tried on each templa
 
 B's template is the first of its ``prompt_templates`` where the subject does not open the sentence, else the
 first possessive one turned around (``"{}'s father is named"`` → ``"The father of {} is named"``), else the
-same among its ``prompt_templates_zs``. A chain
-where no template of A gives a description, or every template of B opens with its subject, is skipped and
-counted. Callers may give their own description templates per relation (``descriptions={"product by
-company": "the company that created {}"}``).
+same among its ``prompt_templates_zs``. A query for which no template of A gives a description, and a chain
+whose hop-2 relation has every template open with its subject, are skipped and counted. Callers may give their
+own description templates per relation (``descriptions={"product by company": "the company that created {}"}``).
 """
 
 from __future__ import annotations
