@@ -218,10 +218,12 @@ def _convert_gguf(gguf_file: Path) -> Path:
                     gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
                 )
         except Exception as err:  # the gguf reader raises many kinds of errors on a bad file
+            missing = isinstance(err, ImportError) or "pip install" in str(err)
             raise PatchscopesError(
                 f"could not read the GGUF file {gguf_file}: {type(err).__name__}: {err}",
-                hint="the file may be truncated or corrupt, or of an architecture transformers cannot "
-                "convert; download or reinstall it",
+                hint="install the missing package named above" if missing else
+                "the file may be truncated or corrupt, or of an architecture transformers cannot convert; "
+                "download or reinstall it",
             ) from err
         # The weights are dequantized: drop the GGUF quantizer so the model saves as plain safetensors.
         model.hf_quantizer = None
