@@ -175,7 +175,7 @@ class LanguageModel:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' per-tensor progress bars and info logs while loading."""
     from transformers.utils import logging as hf_logging
 
@@ -213,7 +213,7 @@ def _convert_gguf(gguf_file: Path) -> Path:
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = AutoModelForCausalLM.from_pretrained(
                     gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
                 )
@@ -229,7 +229,7 @@ def _convert_gguf(gguf_file: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        with _quiet_transformers():
+        with quiet_transformers():
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         mark_converted(tmp, gguf_file)
@@ -294,7 +294,7 @@ def load_model(
         kwargs["device_map"] = "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        with _quiet_transformers():
+        with quiet_transformers():
             hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except PatchscopesError:
         raise

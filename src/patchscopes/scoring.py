@@ -91,7 +91,7 @@ class SentenceEmbedder:
     def __init__(self, path: str | Path | None = None, *, device: str = "cpu", batch_size: int = 64) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from patchscopes.model import _quiet_transformers
+        from patchscopes.model import quiet_transformers
 
         self.path = Path(path) if path is not None else sbert_model_path()
         self.device = device
@@ -104,7 +104,7 @@ class SentenceEmbedder:
         self.pooling = mode
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.model = AutoModel.from_pretrained(self.path).to(device).eval()
         except Exception as err:
             raise PatchscopesError(f"could not load the sentence-embedding model from {self.path}: {err}") from err
