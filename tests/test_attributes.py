@@ -304,3 +304,12 @@ def test_cli_bad_input_exits_2(tiny_dir, tmp_path, make, args, fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+
+
+def test_target_prompt_options_parse():
+    from patchscopes.cli.eval_attributes_cmd import parse_target_prompts
+
+    assert parse_target_prompts(None) is None
+    assert parse_target_prompts(["adj_antonym=The word opposite to x is", "The color of x"]) == {
+        "adj_antonym": "The word opposite to x is", "*": "The color of x"}
+    assert parse_target_prompts(["x = the answer"]) == {"*": "x = the answer"}  # '=' inside a bare prompt
