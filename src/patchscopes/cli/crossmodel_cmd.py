@@ -30,6 +30,7 @@ from patchscopes.cli.eval_entities_cmd import (
 )
 from patchscopes.cli.eval_next_token_cmd import parse_methods
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.crossmodel import CrossModelMap, fit_cross_model_map, map_summary
 from patchscopes.entities import SPLITS, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
@@ -78,11 +79,9 @@ def fit_map_command(
                             help="Share of documents held out for evaluation (the same split as `eval cross-model`).")
     ] = DEFAULT_EVAL_FRACTION,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the window order.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Fit affine maps from A's layer l to B's layer l* (least squares with bias) and save them in one file.
 
@@ -190,12 +189,10 @@ def cross_model_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
     ] = None,
-    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: EngineOption = "batched",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Read model A's hidden states through model B with a fitted map (paper, Exp. 4).
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors
 from patchscopes.cli.lens_cmd import set_threads
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import (
@@ -132,12 +133,10 @@ def attributes_command(
     details: Annotated[
         Path | None, typer.Option("--details", help="Write every patched generation (.json, .csv or .parquet).")
     ] = None,
-    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: EngineOption = "batched",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Attribute extraction: the patchscope against a linear probe, per relation (paper, Exp. 2, Table 2).
 

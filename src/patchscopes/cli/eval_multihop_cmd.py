@@ -22,6 +22,7 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors
 from patchscopes.cli.lens_cmd import set_threads
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.multihop import (
@@ -137,12 +138,10 @@ def multihop_command(
         Path | None, typer.Option("--plot", help="Write the (l, l*) heatmap: .html (self-contained) or .png "
                                   "(kaleido).")
     ] = None,
-    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: EngineOption = "batched",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Multi-hop correction: vanilla, chain of thought and the CoT patchscope on two-hop queries (paper, §4.5).
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
@@ -71,12 +72,10 @@ def next_token_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
     ] = None,
-    engine: Annotated[str, typer.Option("--engine", help="batched or reference.")] = "batched",
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: EngineOption = "batched",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Precision@1 and surprisal of next-token prediction from every layer, per method (paper, Exp. 1).
 
