@@ -8,9 +8,12 @@ command is printed as one message, without a traceback, and the process exits wi
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -50,6 +53,25 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def write_json(data, path: Path) -> None:
+    """Write ``data`` as indented UTF-8 JSON; in a list of records, NaN values become null.
+
+    Raises:
+        PatchscopesError: The file cannot be written.
+    """
+    if isinstance(data, list):
+        data = [
+            {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} if isinstance(r, dict)
+            else r
+            for r in data
+        ]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, eval_app, handle_errors
+from patchscopes.cli.app import app, console, eval_app, handle_errors, write_json
 from patchscopes.cli.eval_entities_cmd import (
     ENTITIES_HELP,
     check_output_paths,
@@ -26,7 +26,6 @@ from patchscopes.cli.eval_entities_cmd import (
     examples_table,
     reference_note,
     scores_table,
-    write_json,
 )
 from patchscopes.cli.eval_next_token_cmd import parse_methods
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads

@@ -8,7 +8,6 @@ relation.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -19,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors
+from patchscopes.cli.app import console, eval_app, handle_errors, write_json
 from patchscopes.cli.lens_cmd import set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -206,16 +205,6 @@ def attributes_command(
         frame = results.patchscope.merge(results.samples, on=["relation", "sample"], how="left")
         save_results(frame, details)
         console.print(Text.assemble(("wrote ", "green"), f"details: {details}"), soft_wrap=True)
-
-
-def write_json(records: list[dict], path: Path) -> None:
-    """Write records as a JSON list (NaN as null)."""
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(clean, indent=1, ensure_ascii=False) + "\n")
-    except OSError as err:
-        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
 
 
 def _layers(layers: list[int]) -> str:

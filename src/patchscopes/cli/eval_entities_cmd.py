@@ -9,7 +9,6 @@ descriptions per layer (the paper's Table 3), and writes ``--json`` records and 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors
+from patchscopes.cli.app import console, eval_app, handle_errors, write_json
 from patchscopes.cli.lens_cmd import set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -64,15 +63,6 @@ def clean_records(frame: pd.DataFrame, extra: dict | None = None) -> list[dict]:
                  for k, v in rec.items()}
         out.append({**clean, **(extra or {})})
     return out
-
-
-def write_json(data, path: Path) -> None:
-    """Write ``data`` as JSON (UTF-8, indented)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
 
 
 def reference_note(found: EntitySet, reference: str) -> str | None:
