@@ -29,6 +29,7 @@ import torch
 from patchscopes.batching import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
 from patchscopes.hooks import StopForward, capture_hook, hooks_on, patch_hook
 from patchscopes.jobs import Job, cut_at_stop, finish_generation, top_readings
+from patchscopes.layer_skipping import shared_prefix_view, staircase, unpatched_suffix_states
 from patchscopes.model import LanguageModel
 from patchscopes.results import PatchResult, Readings
 from patchscopes.scope import Generate, NextToken
@@ -206,104 +207,49 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
     if not forward:
         return out
     cache = prefix_cache(model, ids[:i_star])
+    shared = shared_prefix_view(cache) if cache is not None else None
     n_suffix = len(ids) - i_star
     element = torch.finfo(model.dtype).bits // 8
-    row_bytes = kv_bytes_per_token(model) * len(ids) + n_suffix * model.hidden_size * element * 16 \
-        + model.vocab_size * 8
-    size = budget.rows_per_batch(n_suffix, row_bytes)
+    activations = n_suffix * model.hidden_size * element * 16 + model.vocab_size * 8
+    keep = len(ids) - readout_position
+    states = None
+    if cache is None or shared is not None:
+        states = unpatched_suffix_states(model, *_suffix_inputs(ids, i_star, 1), shared,
+                                         {j.target_layer for j in forward})
 
-    states = _unpatched_suffix_states(model, ids, i_star, cache, {j.target_layer for j in forward})
+    if states is not None:
+        # Rows sorted by l*, many patch layers per forward, each row running only the blocks above its l*;
+        # the prefix cache is shared, never copied (see patchscopes.layer_skipping).
+        kv_one_layer = kv_bytes_per_token(model) * len(ids) // max(1, model.num_layers)
+        size = budget.rows_per_batch(n_suffix, kv_one_layer + activations)
 
-    def run(part: Sequence[Job]) -> list[Readings]:
-        input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
-        if states is not None:
-            # Every row of `part` has the same l*: blocks up to l* are replaced, not run (see below).
-            layer = part[0].target_layer
-            patched = states[layer][None].repeat(len(part), 1, 1)
-            patched[:, 0] = torch.stack([values[j.index] for j in part]).to(patched.dtype)
-            context = _layers_skipped_below(model.arch.blocks, layer, patched)
-        else:
-            context = hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False))
-        with torch.no_grad(), context:
-            logits, _ = model.forward(
-                input_ids, attention_mask=mask, position_ids=positions, cache=_expand_cache(cache, len(part)),
-                use_cache=cache is not None, logits_to_keep=len(ids) - readout_position,
-            )
-        return _readings_for(model, logits[:, 0], part, "top_k")
+        def run(part: Sequence[Job]) -> list[Readings]:
+            input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
+            vecs = torch.stack([values[j.index] for j in part])
+            with torch.no_grad(), staircase(model.arch.blocks, [j.target_layer for j in part], states, vecs):
+                logits, _ = model.forward(input_ids, attention_mask=mask, position_ids=positions, cache=shared,
+                                          use_cache=cache is not None, logits_to_keep=keep)
+            return _readings_for(model, logits[:, 0], part, "top_k")
 
-    by_layer: dict[int, list[Job]] = defaultdict(list)
-    for job in forward:
-        by_layer[job.target_layer if states is not None else -1].append(job)
-    for layer_jobs in by_layer.values():
-        for part in chunks(layer_jobs, size):
-            out.update(zip([j.index for j in part], run_with_backoff(run, part)))
-            _tick(progress, len(part))
+        ordered = sorted(forward, key=lambda j: j.target_layer)
+    else:
+        # Fallback: every row runs every block of the suffix, with its own copy of the prefix cache.
+        size = budget.rows_per_batch(n_suffix, kv_bytes_per_token(model) * len(ids) + activations)
+
+        def run(part: Sequence[Job]) -> list[Readings]:
+            input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
+            with torch.no_grad(), hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False)):
+                logits, _ = model.forward(
+                    input_ids, attention_mask=mask, position_ids=positions, cache=_expand_cache(cache, len(part)),
+                    use_cache=cache is not None, logits_to_keep=keep,
+                )
+            return _readings_for(model, logits[:, 0], part, "top_k")
+
+        ordered = forward
+    for part in chunks(ordered, size):
+        out.update(zip([j.index for j in part], run_with_backoff(run, part)))
+        _tick(progress, len(part))
     return out
-
-
-# -- skipping the blocks below the patch layer -------------------------------------------------------------
-# For a next-token readout, nothing below l* depends on the patch: the suffix tokens' outputs of blocks
-# 0..l* are those of the unpatched target run, except at i*, where block l*'s output *is* f(h). So a row
-# patched at l* runs only blocks l*+1..L-1: blocks below l* are swapped for stand-ins that pass their input
-# through, and block l* for one that emits the stored unpatched states with f(h) written at i*. (Their
-# key/value cache entries are not written, which a next-token readout never reads.)
-
-
-class _StandIn(torch.nn.Module):
-    """Takes the place of a decoder block; exposes the original block's attributes to the model's loop."""
-
-    def __init__(self, original: torch.nn.Module, output: torch.Tensor | None) -> None:
-        super().__init__()
-        object.__setattr__(self, "_original", original)
-        object.__setattr__(self, "_output", output)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_original"), name)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        output = object.__getattribute__(self, "_output")
-        return hidden_states if output is None else output
-
-
-@contextlib.contextmanager
-def _layers_skipped_below(blocks: torch.nn.ModuleList, layer: int, states: torch.Tensor):
-    originals = [blocks[j] for j in range(layer + 1)]
-    try:
-        for j in range(layer):
-            blocks[j] = _StandIn(originals[j], None)
-        blocks[layer] = _StandIn(originals[layer], states)
-        yield
-    finally:
-        for j, block in enumerate(originals):
-            blocks[j] = block
-
-
-def _unpatched_suffix_states(model: LanguageModel, ids, i_star: int, cache, layers: set[int]):
-    """Outputs of blocks ``layers`` at the suffix tokens of the unpatched target run, or ``None`` where
-    blocks cannot be skipped (blocks returning tuples, a model dispatched over several devices)."""
-    if not layers or len(set(getattr(model.hf, "hf_device_map", {"": 0}).values())) > 1:
-        return None
-    input_ids, mask, positions = _suffix_inputs(ids, i_star, 1)
-    store: dict = {}
-    kinds: set[bool] = set()
-    n = input_ids.shape[1]
-
-    def make(layer: int):
-        grab = capture_hook(torch.zeros(n, dtype=torch.long), torch.arange(n), store, layer, stop=False)
-
-        def hook(module, args, output):
-            kinds.add(isinstance(output, tuple))
-            return grab(module, args, output)
-
-        return hook
-
-    with torch.no_grad(), hooks_on(model.arch.blocks, {layer: make(layer) for layer in layers}):
-        model.forward(input_ids, attention_mask=mask, position_ids=positions, cache=_expand_cache(cache, 1),
-                      use_cache=cache is not None, logits_to_keep=1)
-    return None if True in kinds else store
 
 
 def _run_generate_group(model, ids, i_star, readout: Generate, group, values, budget, progress):
