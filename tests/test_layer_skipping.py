@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import StaticCache
 
 import patchscopes as ps
 from patchscopes import NextToken, Patchscope, Source, Target, layer_skipping
-from patchscopes.batched import prefix_cache
-from patchscopes.layer_skipping import Stair, shared_prefix_view, staircase
+from patchscopes.layer_skipping import Stair, staircase
 
 PROMPTS = ["The Eiffel Tower is in Paris", "Hi", "A longer prompt about rivers"]
 # The placeholder sits past the tiny models' sliding window of 16 tokens, with several tokens after it.
@@ -49,33 +47,6 @@ def test_fallback_without_a_shared_prefix_matches(tiny_llama, monkeypatch, asser
     monkeypatch.setattr("patchscopes.batched.shared_prefix_view", refuse)
     assert_same(ps.run(scopes, tiny_llama), ps.run(scopes, tiny_llama, engine="reference"))
     assert calls  # the fallback (one cache copy per row, hooks) was taken
-
-
-def test_shared_prefix_view_stores_nothing(tiny):
-    ids = tiny.encode(LONG_TARGET)
-    cache = prefix_cache(tiny, ids[:20])
-    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
-    view = shared_prefix_view(cache)
-    assert view is not None
-    rows = 3
-    new = torch.randn(rows, *cache.layers[0].keys.shape[1:2], 2, cache.layers[0].keys.shape[-1])
-    keys, values = view.update(new, new + 1, 0)
-    assert keys.shape[0] == rows and keys.shape[-2] == cache.layers[0].keys.shape[-2] + 2
-    torch.testing.assert_close(keys[:, :, -2:], new, rtol=0, atol=0)
-    torch.testing.assert_close(keys[1, :, :-2], cache.layers[0].keys[0], rtol=0, atol=0)
-    torch.testing.assert_close(values[:, :, -2:], new + 1, rtol=0, atol=0)
-    for layer, (k, v) in zip(cache.layers, before):
-        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
-
-
-def test_shared_prefix_view_refuses_caches_it_cannot_reproduce(tiny_llama):
-    static = StaticCache(config=tiny_llama.hf.config, max_cache_len=8)
-    assert shared_prefix_view(static) is None
-    assert shared_prefix_view(None) is None
-    ids = tiny_llama.encode(LONG_TARGET)
-    cache = prefix_cache(tiny_llama, ids[:5])
-    cache.batch_repeat_interleave(2)  # a cache of two rows is not a shared prefix
-    assert shared_prefix_view(cache) is None
 
 
 def test_rows_must_be_sorted_by_patch_layer(tiny_llama):

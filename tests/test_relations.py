@@ -206,6 +206,9 @@ def test_object_match_normalisation():
     assert mentions(" is the US dollars", "Dollar")            # plural
     assert mentions("in  Mexico\nCity", "Mexico City")         # whitespace runs
     assert mentions("Bogota, the capital", "Bogotá")           # accents
+    assert mentions("the Polish zloty", "złoty")               # letters with strokes
+    assert mentions("Søren Kierkegaard", "Soren Kierkegaard")
+    assert normalize_text("Æsop, Œuvre, Þór, İstanbul") == "aesop oeuvre thor istanbul"
     assert mentions("Washington, D.C. is", "Washington D.C.")  # punctuation
     assert mentions("a well-known x", "well known")            # hyphens as spaces
     assert mentions("McDonalds", "McDonald's")                 # apostrophes dropped

@@ -20,7 +20,6 @@ Only top-k readings are kept unless full logits are asked for. Results equal the
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -29,8 +28,9 @@ import torch
 from patchscopes.batching import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
 from patchscopes.hooks import StopForward, capture_hook, hooks_on, patch_hook
 from patchscopes.jobs import Job, cut_at_stop, finish_generation, top_readings
-from patchscopes.layer_skipping import shared_prefix_view, staircase, unpatched_suffix_states
+from patchscopes.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.model import LanguageModel
+from patchscopes.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.results import PatchResult, Readings
 from patchscopes.scope import Generate, NextToken
 
@@ -139,28 +139,6 @@ def _target_groups(jobs: Sequence[Job]) -> dict[tuple, list[Job]]:
     return groups
 
 
-def prefix_cache(model: LanguageModel, prefix: Sequence[int]):
-    """The key/value cache of the unpatched target tokens before i* (``None`` if there are none)."""
-    if not prefix:
-        return None
-    ids = torch.tensor([list(prefix)])
-    with torch.no_grad():
-        _, cache = model.forward(
-            ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix))[None],
-            use_cache=True, logits_to_keep=1,
-        )
-    return cache
-
-
-def _expand_cache(cache, rows: int):
-    if cache is None:
-        return None
-    cache = copy.deepcopy(cache)
-    if rows > 1:
-        cache.batch_repeat_interleave(rows)
-    return cache
-
-
 def _patch_hooks(group: Sequence[Job], values: dict[int, torch.Tensor], once: bool) -> dict:
     """One hook per target layer l*, writing each row's f(h) at the first suffix token (i*)."""
     rows_by_layer: dict[int, list[int]] = defaultdict(list)
@@ -240,7 +218,7 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
             input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
             with torch.no_grad(), hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False)):
                 logits, _ = model.forward(
-                    input_ids, attention_mask=mask, position_ids=positions, cache=_expand_cache(cache, len(part)),
+                    input_ids, attention_mask=mask, position_ids=positions, cache=expand_cache(cache, len(part)),
                     use_cache=cache is not None, logits_to_keep=keep,
                 )
             return _readings_for(model, logits[:, 0], part, "top_k")
@@ -255,10 +233,15 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
 def _run_generate_group(model, ids, i_star, readout: Generate, group, values, budget, progress):
     out: dict[int, Readings] = {}
     cache = prefix_cache(model, ids[:i_star])
+    shared = cache is not None and prefixed_cache(cache) is not None
     n_suffix = len(ids) - i_star
     element = torch.finfo(model.dtype).bits // 8
-    row_bytes = kv_bytes_per_token(model) * (len(ids) + readout.max_new_tokens) \
-        + n_suffix * model.hidden_size * element * 16 + model.vocab_size * 8
+    total = len(ids) + readout.max_new_tokens
+    # Each row stores its own tokens only when the prefix is shared (plus one layer's keys and values,
+    # prefix included, while attention runs); otherwise a whole copy of the prefix too.
+    kv = kv_bytes_per_token(model) * (n_suffix + readout.max_new_tokens + total // max(1, model.num_layers)) \
+        if shared else kv_bytes_per_token(model) * total
+    row_bytes = kv + n_suffix * model.hidden_size * element * 16 + model.vocab_size * 8
     size = budget.rows_per_batch(n_suffix + readout.max_new_tokens, row_bytes)
 
     def run(part: Sequence[Job]) -> list[Readings]:
@@ -267,7 +250,8 @@ def _run_generate_group(model, ids, i_star, readout: Generate, group, values, bu
             with hooks_on(model.arch.blocks, _patch_hooks(part, values, once=True)):
                 logits, part_cache = model.forward(
                     input_ids, attention_mask=mask, position_ids=positions,
-                    cache=_expand_cache(cache, len(part)), use_cache=True, logits_to_keep=1,
+                    cache=prefixed_cache(cache) if shared else expand_cache(cache, len(part)), use_cache=True,
+                    logits_to_keep=1,
                 )
             first = logits[:, -1]
             readings = _readings_for(model, first, part, "top_tokens")

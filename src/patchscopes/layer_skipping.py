@@ -10,52 +10,20 @@ per-row arguments the model's loop passes it), writes the stored unpatched state
 rows whose l* is j, and passes the other rows through untouched. Rows of many patch layers thus share one
 forward with full-size matrix products, and no row runs a block below its patch layer.
 
-The target prefix (the tokens before i*) is shared through :func:`shared_prefix_view`: a view of its
-key/value cache whose ``update`` returns the prefix, broadcast to however many rows call it, followed by
-the rows' new keys and values, and stores nothing. A next-token readout never reads the cache afterwards,
-so no row needs its own copy.
+The target prefix (the tokens before i*) is shared by all rows through
+:func:`patchscopes.prefix.shared_prefix_view`.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import copy
 import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from patchscopes.hooks import capture_hook, hooks_on
-
-_SHAREABLE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
-
-
-def shared_prefix_view(cache):
-    """A read-only view of a batch-1 prefix cache that any number of rows can attend to, or ``None``.
-
-    ``None`` means the cache is of a kind whose ``update`` this view cannot reproduce (static, quantized,
-    offloaded or linear-attention caches); the caller then copies the cache for each row instead.
-    """
-    layers = getattr(cache, "layers", None)
-    if not layers or getattr(cache, "offloading", False):
-        return None
-    for layer in layers:
-        if type(layer).__name__ not in _SHAREABLE_LAYERS or getattr(layer, "record_past", False):
-            return None
-        if not getattr(layer, "is_initialized", False) or layer.keys.shape[0] != 1:
-            return None
-    view = copy.copy(cache)
-
-    def update(key_states, value_states, layer_idx, *args, **kwargs):
-        layer = layers[layer_idx]
-        rows = key_states.shape[0]
-        keys = layer.keys.expand(rows, -1, -1, -1)
-        values = layer.values.expand(rows, -1, -1, -1)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
-
-    view.update = update
-    return view
 
 
 def unpatched_suffix_states(model, input_ids, mask, positions, cache, layers: set[int]):

@@ -194,14 +194,23 @@ def unescape(text: str) -> str:
     return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
 
 
+# Latin letters that Unicode decomposition leaves whole (a stroke or a ligature, not a combining accent).
+_UNDECOMPOSED = str.maketrans({
+    "ł": "l", "Ł": "L", "ø": "o", "Ø": "O", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ħ": "h", "Ħ": "H",
+    "ı": "i", "ŧ": "t", "Ŧ": "T", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "þ": "th", "Þ": "TH",
+})
+
+
 def normalize_text(text: str) -> str:
     """Text as compared by :func:`mentions`: accents removed, case-folded, punctuation and spaces collapsed.
 
     Example:
         >>> normalize_text("  Bogotá,  D.C.  ")
         'bogota d c'
+        >>> normalize_text("Polish złoty, Søren")
+        'polish zloty soren'
     """
-    text = unicodedata.normalize("NFKD", text)
+    text = unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSED))
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
     text = re.sub(r"['\u2019\u2018`]", "", text)
     text = "".join(" " if unicodedata.category(ch).startswith("P") or ch == "_" else ch for ch in text)

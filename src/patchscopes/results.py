@@ -8,7 +8,7 @@ records), CSV (list columns as JSON strings) or Parquet, chosen by the file's ex
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -86,7 +86,8 @@ class PatchResult:
 
     def to_record(self) -> dict:
         """A flat, JSON-safe dict (no tensors)."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("readings", "baseline")}
+        # (not dataclasses.asdict: it would deep-copy the readings, logits included, only to drop them)
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("readings", "baseline")}
         r = self.readings
         record.update(
             top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,

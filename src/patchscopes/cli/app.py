@@ -55,6 +55,16 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def wrote(what: str, path: object) -> None:
+    """Tell the user that ``what`` (a kind of output, with any detail) was written to ``path``."""
+    console.print(Text.assemble(("wrote ", "green"), f"{what}: ", str(path)), soft_wrap=True)
+
+
+def layer_list(layers) -> str:
+    """Layers as the comma-separated list the ``--layers`` options accept."""
+    return ",".join(str(layer) for layer in layers)
+
+
 def write_json(data, path: Path) -> None:
     """Write ``data`` as indented UTF-8 JSON; in a list of records, NaN values become null.
 

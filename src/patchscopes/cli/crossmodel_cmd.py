@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, eval_app, handle_errors, write_json
+from patchscopes.cli.app import app, console, eval_app, handle_errors, write_json, wrote
 from patchscopes.cli.eval_entities_cmd import (
     ENTITIES_HELP,
     check_output_paths,
@@ -109,7 +109,7 @@ def fit_map_command(
                                extra_config={"split": split})
     cmap.save(out)
     console.print(Text(map_summary(cmap)), soft_wrap=True)
-    console.print(Text.assemble(("wrote ", "green"), f"map: {out} ({cmap.config.get('seconds')} s)"), soft_wrap=True)
+    wrote("map", f"{out} ({cmap.config.get('seconds')} s)")
 
 
 def next_token_table(summary, *, title: str) -> Table:
@@ -287,7 +287,7 @@ def cross_model_command(
     console.print(Text(f"{seconds:.0f} s", style="dim"))
     if json_path is not None:
         write_json(output, json_path)
-        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+        wrote("JSON", json_path)
     if plot is not None and summary is not None:
         save_figure(cross_model_figure(summary, entity_summary=entity_summary), plot)
-        console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+        wrote("figure", plot)

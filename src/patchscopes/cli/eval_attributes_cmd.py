@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, write_json
+from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -186,7 +186,7 @@ def attributes_command(
     console.print(summary_table(results, title=f"attribute extraction · {lm.name}"))
     attrs = results.attrs
     console.print(Text(
-        f"source layers {_layers(attrs['source_layers'])}, target layers {_layers(attrs['target_layers'])}; "
+        f"source layers {layer_list(attrs['source_layers'])}, target layers {layer_list(attrs['target_layers'])}; "
         f"patchscope: correct if the object appears in {max_new_tokens} generated tokens for some target layer, "
         f"mean ± std over source layers; probe: {folds}-fold logistic regression over {probe_cv}, mean ± std over "
         "the same layers; winner by paired t-test over layers, Bonferroni-corrected (p < 0.05); "
@@ -194,21 +194,18 @@ def attributes_command(
     if json_path is not None:
         extra = {"model": lm.name, "seconds": round(seconds, 1)}
         write_json([{**r, **extra} for r in results.records()], json_path)
-        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+        wrote("JSON", json_path)
     if plot is not None:
         if results.patchscope.empty:
             console.print(Text("no figure: no relation has a known sample", style="yellow"))
         else:
             save_figure(attributes_figure(results), plot)
-            console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+            wrote("figure", plot)
     if details is not None:
         frame = results.patchscope.merge(results.samples, on=["relation", "sample"], how="left")
         save_results(frame, details)
-        console.print(Text.assemble(("wrote ", "green"), f"details: {details}"), soft_wrap=True)
+        wrote("details", details)
 
-
-def _layers(layers: list[int]) -> str:
-    return ",".join(str(layer) for layer in layers)
 
 
 def _pm(mean: float, std: float) -> str:

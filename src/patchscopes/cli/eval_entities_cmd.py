@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, write_json
+from patchscopes.cli.app import console, eval_app, handle_errors, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -199,7 +199,7 @@ def entities_command(
         f"{seconds:.0f} s", style="dim"), soft_wrap=True)
     if json_path is not None:
         write_json(clean_records(samples, {"model": lm.name}), json_path)
-        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+        wrote("JSON", json_path)
     if plot is not None:
         save_figure(description_figure(summary), plot)
-        console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+        wrote("figure", plot)

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, write_json
+from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -184,7 +184,7 @@ def multihop_command(
     console.print(summary_table(summary, title=f"multi-hop correction · {lm.name} · {direction}"))
     fixes = summary.attrs["oracle_fixes"]
     console.print(Text(
-        f"source layers {_layers(attrs['source_layers'])}; target layers {_layers(attrs['target_layers'])}; "
+        f"source layers {layer_list(attrs['source_layers'])}; target layers {layer_list(attrs['target_layers'])}; "
         f"correct: the answer appears in {max_new_tokens} greedy tokens ({cot_tokens} for chain of thought); "
         f"the oracle fixes {fixes[0]} of the {fixes[1]} queries the vanilla prompt gets wrong"
         + (f" (the control's oracle {summary.attrs['control_fixes'][0]} of {summary.attrs['control_fixes'][1]})"
@@ -201,17 +201,14 @@ def multihop_command(
     if json_path is not None:
         extra = {"model": lm.name, "direction": direction}
         write_json([{**r, **extra} for r in result_records(samples, summary)], json_path)
-        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+        wrote("JSON", json_path)
     if plot is not None:
         if attrs["counts"].get("used", 0) == 0:
             console.print(Text("no figure: no query was kept", style="yellow"))
         else:
             save_figure(multihop_figure(samples, summary), plot)
-            console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+            wrote("figure", plot)
 
-
-def _layers(layers: list[int]) -> str:
-    return ",".join(str(layer) for layer in layers)
 
 
 def counts_text(counts: dict) -> Text:

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors
+from patchscopes.cli.app import console, eval_app, handle_errors, wrote
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
 from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
@@ -124,10 +124,10 @@ def next_token_command(
                            style="yellow"), soft_wrap=True)
     if json_path is not None:
         write_records(summary, json_path, {"model": lm.name, "seconds": round(seconds, 1)})
-        console.print(Text.assemble(("wrote ", "green"), f"JSON: {json_path}"), soft_wrap=True)
+        wrote("JSON", json_path)
     if plot is not None:
         save_figure(next_token_figure(summary), plot)
-        console.print(Text.assemble(("wrote ", "green"), f"figure: {plot}"), soft_wrap=True)
+        wrote("figure", plot)
 
 
 def write_records(summary: pd.DataFrame, path: Path, extra: dict) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from patchscopes.batching import BatchBudget
-from patchscopes.cli.app import app, console, handle_errors
+from patchscopes.cli.app import app, console, handle_errors, wrote
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.model import load_model
@@ -138,7 +138,7 @@ def inspect_command(
     if html_path is not None:
         written.append(("heatmap", save_figure(heatmap(frame), html_path)))
     for kind, path in written:
-        console.print(Text.assemble(("wrote ", "green"), f"{kind}: ", str(path)), soft_wrap=True)
+        wrote(kind, path)
 
 
 def results_table(frame: pd.DataFrame, *, title: str | None = None, cell_width: int = 16) -> Table:

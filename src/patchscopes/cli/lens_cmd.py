@@ -15,7 +15,7 @@ import torch
 import typer
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors
+from patchscopes.cli.app import app, console, handle_errors, wrote
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import LENS_KINDS, TunedLensSettings, fit_affine_lens, lens_summary, train_tuned_lens
@@ -119,4 +119,4 @@ def fit_lens_command(
                                 extra_config={"split": split})
     lens.save(out)
     console.print(Text(lens_summary(lens)), soft_wrap=True)
-    console.print(Text.assemble(("wrote ", "green"), f"lens: {out} ({lens.config.get('seconds')} s)"), soft_wrap=True)
+    wrote("lens", f"{out} ({lens.config.get('seconds')} s)")

@@ -1,5 +1,37 @@
-"""The paper's experiments as functions that return tables (and commands under ``patchscopes eval``)."""
+"""The paper's experiments as functions that return tables (and commands under ``patchscopes eval``).
 
+One module per experiment: :mod:`~patchscopes.experiments.next_token` (section 4.1),
+:mod:`~patchscopes.experiments.attributes` (4.2), :mod:`~patchscopes.experiments.entities` (4.3),
+:mod:`~patchscopes.experiments.cross_model` (4.4) and :mod:`~patchscopes.experiments.multihop` (5).
+"""
+
+from patchscopes.experiments.attributes import (
+    AttributeResults,
+    attributes_figure,
+    default_target_layers,
+    evaluate_attributes,
+    subject_states,
+)
+from patchscopes.experiments.cross_model import (
+    cross_model_descriptions,
+    cross_model_figure,
+    cross_model_samples,
+    summarize_cross_descriptions,
+    summarize_cross_model,
+)
+from patchscopes.experiments.entities import (
+    clean_description,
+    describe_entities,
+    description_figure,
+    description_samples,
+    summarize_descriptions,
+)
+from patchscopes.experiments.multihop import (
+    evaluate_multihop,
+    multihop_figure,
+    multihop_samples,
+    summarize_multihop,
+)
 from patchscopes.experiments.next_token import (
     NEXT_TOKEN_METHODS,
     demo_prompt,
@@ -13,11 +45,30 @@ from patchscopes.experiments.next_token import (
 
 __all__ = [
     "NEXT_TOKEN_METHODS",
+    "AttributeResults",
+    "attributes_figure",
+    "clean_description",
+    "cross_model_descriptions",
+    "cross_model_figure",
+    "cross_model_samples",
+    "default_target_layers",
     "demo_prompt",
+    "describe_entities",
+    "description_figure",
+    "description_samples",
+    "evaluate_attributes",
+    "evaluate_multihop",
     "evaluate_next_token",
+    "multihop_figure",
+    "multihop_samples",
     "next_token_figure",
     "next_token_samples",
     "random_demo_words",
     "sample_positions",
+    "subject_states",
+    "summarize_cross_descriptions",
+    "summarize_cross_model",
+    "summarize_descriptions",
+    "summarize_multihop",
     "summarize_next_token",
 ]
