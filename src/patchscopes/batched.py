@@ -33,6 +33,7 @@ from patchscopes.model import LanguageModel
 from patchscopes.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.results import PatchResult, Readings
 from patchscopes.scope import Generate, NextToken
+from patchscopes.unembedding import logits_of, top_k_logprobs, unembedding_input
 
 
 def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list[PatchResult]:
@@ -172,6 +173,28 @@ def _readings_for(model: LanguageModel, logits: torch.Tensor, group: Sequence[Jo
     return readings
 
 
+def _next_token_readings(model: LanguageModel, hidden: torch.Tensor, group: Sequence[Job]) -> list[Readings]:
+    """Readings of final-normed hidden states ``(rows, d)``: the top-k read slice by slice of the vocabulary
+    (no full logit matrix), unless a job asks for the full logits."""
+    if any(j.readout.full_logits for j in group):
+        return _readings_for(model, logits_of(model, hidden), group, "top_k")
+    logprobs, ids = top_k_logprobs(model, hidden, max(j.readout.top_k for j in group))
+    probs, ids = logprobs.exp().cpu().tolist(), ids.cpu().tolist()
+    return [
+        Readings(top_tokens=model.token_strings(ids[row][: job.readout.top_k]),
+                 top_token_ids=ids[row][: job.readout.top_k], top_probs=probs[row][: job.readout.top_k])
+        for row, job in enumerate(group)
+    ]
+
+
+def _forward_to_unembedding(model: LanguageModel, **kwargs) -> torch.Tensor:
+    """Run the model up to its unembedding; the final-normed hidden states of the kept positions."""
+    store: dict = {}
+    with unembedding_input(model, store), contextlib.suppress(StopForward):
+        model.forward(**kwargs)
+    return store["hidden"]
+
+
 def _run_next_token_group(model, ids, i_star, readout_position, group, values, budget, progress):
     out: dict[int, Readings] = {}
     last = model.num_layers - 1
@@ -179,8 +202,8 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
     forward = [j for j in group if not (j.target_layer == last and readout_position == i_star)]
     for part in chunks(direct, budget.rows or len(direct) or 1):
         with torch.no_grad():
-            logits = model.head(torch.stack([values[j.index] for j in part]))
-        out.update(zip([j.index for j in part], _readings_for(model, logits, part, "top_k")))
+            hidden = model.final_normed(torch.stack([values[j.index] for j in part]))
+            out.update(zip([j.index for j in part], _next_token_readings(model, hidden, part)))
         _tick(progress, len(part))
     if not forward:
         return out
@@ -204,10 +227,12 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
         def run(part: Sequence[Job]) -> list[Readings]:
             input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
             vecs = torch.stack([values[j.index] for j in part])
-            with torch.no_grad(), staircase(model.arch.blocks, [j.target_layer for j in part], states, vecs):
-                logits, _ = model.forward(input_ids, attention_mask=mask, position_ids=positions, cache=shared,
-                                          use_cache=cache is not None, logits_to_keep=keep)
-            return _readings_for(model, logits[:, 0], part, "top_k")
+            with torch.no_grad():
+                with staircase(model.arch.blocks, [j.target_layer for j in part], states, vecs):
+                    hidden = _forward_to_unembedding(
+                        model, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=shared,
+                        use_cache=cache is not None, logits_to_keep=keep)
+                return _next_token_readings(model, hidden[:, -keep], part)
 
         ordered = sorted(forward, key=lambda j: j.target_layer)
     else:
@@ -216,12 +241,12 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
 
         def run(part: Sequence[Job]) -> list[Readings]:
             input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
-            with torch.no_grad(), hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False)):
-                logits, _ = model.forward(
-                    input_ids, attention_mask=mask, position_ids=positions, cache=expand_cache(cache, len(part)),
-                    use_cache=cache is not None, logits_to_keep=keep,
-                )
-            return _readings_for(model, logits[:, 0], part, "top_k")
+            with torch.no_grad():
+                with hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False)):
+                    hidden = _forward_to_unembedding(
+                        model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                        cache=expand_cache(cache, len(part)), use_cache=cache is not None, logits_to_keep=keep)
+                return _next_token_readings(model, hidden[:, -keep], part)
 
         ordered = forward
     for part in chunks(ordered, size):

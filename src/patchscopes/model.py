@@ -126,11 +126,15 @@ class LanguageModel:
         return 0
 
     # -- computation ------------------------------------------------------------------------------------
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm, unembedding and soft-capping applied to residual-stream vectors (logit lens)."""
+    def final_normed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final norm applied to residual-stream vectors (what the unembedding reads)."""
         hidden = hidden.to(self.arch.final_norm.weight.device if hasattr(self.arch.final_norm, "weight")
                            else self.device)
-        logits = self.arch.unembed(self.arch.final_norm(hidden))
+        return self.arch.final_norm(hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, unembedding and soft-capping applied to residual-stream vectors (logit lens)."""
+        logits = self.arch.unembed(self.final_normed(hidden))
         if self.arch.softcap is not None:
             logits = torch.tanh(logits / self.arch.softcap) * self.arch.softcap
         return logits
