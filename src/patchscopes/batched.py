@@ -33,7 +33,7 @@ from patchscopes.model import LanguageModel
 from patchscopes.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.results import PatchResult, Readings
 from patchscopes.scope import Generate, NextToken
-from patchscopes.unembedding import logits_of, top_k_logprobs, unembedding_input
+from patchscopes.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 
 
 def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list[PatchResult]:
@@ -211,7 +211,9 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
     shared = shared_prefix_view(cache) if cache is not None else None
     n_suffix = len(ids) - i_star
     element = torch.finfo(model.dtype).bits // 8
-    activations = n_suffix * model.hidden_size * element * 16 + model.vocab_size * 8
+    # logits: one vocabulary slice per row, or all of them where full logits are kept
+    vocab = model.vocab_size if any(j.readout.full_logits for j in forward) else min(VOCAB_CHUNK, model.vocab_size)
+    activations = n_suffix * model.hidden_size * element * 16 + vocab * 8
     keep = len(ids) - readout_position
     states = None
     if cache is None or shared is not None:
