@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 import pytest
 import torch
 from torch import nn
 
+import patchscopes as ps
 from patchscopes.hooks import StopForward
+from patchscopes.testing import tiny_model
 from patchscopes.unembedding import logits_of, top_k_logprobs, unembedding_input
 
 
@@ -76,3 +79,21 @@ def test_forward_stops_at_the_unembedding_with_its_input(tiny):
     assert store["hidden"].shape == (1, 2, tiny.hidden_size)
     torch.testing.assert_close(logits_of(tiny, store["hidden"]), logits[:, -2:], atol=1e-5, rtol=0)
     assert not tiny.arch.unembed._forward_pre_hooks  # the hook is gone
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_bfloat16_engines_agree_where_the_answer_is_clear(family):
+    """In bfloat16 the engines' matrix products differ in shape, so only clear answers must agree."""
+    model = tiny_model(family)
+    model.hf.to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    scopes = ps.plan_sweep(model, ["The Eiffel Tower is in Paris", "Hi there"], "token-identity",
+                           layers="all", positions="all", top_k=2)
+    fast, plain = ps.run(scopes, model), ps.run(scopes, model, engine="reference")
+    clear = 0
+    for a, b in zip(fast, plain):
+        assert abs(math.log(a.top_probs[0] / b.top_probs[0])) < 0.1
+        if math.log(b.top_probs[0] / b.top_probs[1]) > 0.1:  # the runner-up is 10% less likely
+            clear += 1
+            assert a.readings.top_token_ids[0] == b.readings.top_token_ids[0]
+    assert clear >= len(plain) // 4
