@@ -69,6 +69,25 @@ def test_another_kind_of_unembedding_is_applied_whole(tiny_llama, monkeypatch):
     torch.testing.assert_close(values, want_values, atol=1e-6, rtol=0)
 
 
+def test_offloaded_unembedding_is_applied_whole(tiny_llama, monkeypatch):
+    """Weights left on the meta device (an accelerate offload) are not sliced; the module is called whole."""
+    residual = torch.randn(2, tiny_llama.hidden_size)
+    want_values, want_ids = full_top_k(tiny_llama, residual, 3)
+    hidden = tiny_llama.final_normed(residual)
+    calls = []
+    handle = tiny_llama.arch.unembed.register_forward_hook(lambda *args: calls.append(1))
+    real = tiny_llama.arch.unembed.weight
+    try:
+        monkeypatch.setattr(type(real), "device", property(lambda self: torch.device("meta")), raising=False)
+        values, ids = top_k_logprobs(tiny_llama, hidden, 3, chunk=5)
+    finally:
+        monkeypatch.undo()
+        handle.remove()
+    assert calls == [1]
+    assert torch.equal(ids, want_ids)
+    torch.testing.assert_close(values, want_values, atol=1e-6, rtol=0)
+
+
 def test_forward_stops_at_the_unembedding_with_its_input(tiny):
     ids = torch.tensor([tiny.encode("Hello there")])
     logits, _ = tiny.forward(ids, attention_mask=torch.ones_like(ids))

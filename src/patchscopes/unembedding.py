@@ -62,7 +62,8 @@ def top_k_logprobs(model: LanguageModel, hidden: torch.Tensor, k: int,
         chunk: Vocabulary rows unembedded at a time.
     """
     unembed = model.arch.unembed
-    if type(unembed) is not nn.Linear:  # an unembedding of another kind is applied whole
+    if type(unembed) is not nn.Linear or unembed.weight.device.type == "meta":
+        # An unembedding of another kind, or one whose weights are offloaded, is applied whole.
         logprobs = torch.log_softmax(logits_of(model, hidden).float(), dim=-1)
         return logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
     weight, bias, cap = unembed.weight, unembed.bias, model.arch.softcap
