@@ -29,7 +29,7 @@ from patchscopes.cli.eval_entities_cmd import (
 )
 from patchscopes.cli.eval_next_token_cmd import parse_methods
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
 from patchscopes.crossmodel import CrossModelMap, fit_cross_model_map, map_summary
 from patchscopes.entities import SPLITS, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
@@ -185,9 +185,7 @@ def cross_model_command(
     ] = DEFAULT_EVAL_FRACTION,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and entities.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
-    ] = None,
+    plot: PlotOption = None,
     engine: EngineOption = "batched",
     device: DeviceOption = "cpu",
     dtype: DtypeOption = None,

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.entities import SPLITS, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
@@ -142,9 +142,7 @@ def entities_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write one record per (entity, layer) here.")
     ] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
-    ] = None,
+    plot: PlotOption = None,
     engine: EngineOption = "batched",
     device: DeviceOption = "cpu",
     dtype: DtypeOption = None,

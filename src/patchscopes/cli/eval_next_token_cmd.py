@@ -21,7 +21,7 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, wrote
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
+from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
@@ -69,9 +69,7 @@ def next_token_command(
         float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
     ] = DEFAULT_EVAL_FRACTION,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the per-layer records here.")] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
-    ] = None,
+    plot: PlotOption = None,
     engine: EngineOption = "batched",
     device: DeviceOption = "cpu",
     dtype: DtypeOption = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,3 +13,6 @@ DtypeOption = Annotated[
     str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
 ]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
+PlotOption = Annotated[
+    Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
+]
