@@ -21,7 +21,6 @@ from rich.text import Text
 from patchscopes.cli.app import app, console, eval_app, handle_errors, write_json, wrote
 from patchscopes.cli.eval_entities_cmd import (
     ENTITIES_HELP,
-    check_output_paths,
     clean_records,
     examples_table,
     reference_note,
@@ -29,7 +28,15 @@ from patchscopes.cli.eval_entities_cmd import (
 )
 from patchscopes.cli.eval_next_token_cmd import parse_methods
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    PlotOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
 from patchscopes.crossmodel import CrossModelMap, fit_cross_model_map, map_summary
 from patchscopes.entities import SPLITS, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
@@ -202,8 +209,7 @@ def cross_model_command(
 
         patchscopes eval cross-model --map MAP --entities wikides.json --entity-layers 0,3,6 --plot x.html
     """
-    if engine not in ("batched", "reference"):
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    check_engine(engine)
     if not text and entities is None:
         raise PatchscopesError("nothing to evaluate", hint="give --text for next-token prediction and/or --entities")
     if split not in SPLITS:

@@ -20,7 +20,14 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import (
@@ -36,8 +43,6 @@ from patchscopes.plots import save_figure
 from patchscopes.relations import CONTEXT_KINDS, attach_windows, load_relations
 from patchscopes.results import save_results
 from patchscopes.text_data import DATA_DIR_ENV, read_documents
-
-PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
 
 def parse_target_prompts(values: list[str] | None) -> dict[str, str] | None:
@@ -146,15 +151,10 @@ def attributes_command(
         patchscopes eval attributes -m smollm2-135m --relations data/relations/factual/*.json --corpus wiki.txt
         --json attributes.json --plot attributes.html
     """
-    if engine not in ("batched", "reference"):
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    check_engine(engine)
     if probe_cv not in ("samples", "subjects"):
         raise PatchscopesError(f"unknown --probe-cv {probe_cv!r}", hint="use samples or subjects")
-    if json_path is not None and json_path.suffix.lower() != ".json":
-        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
-    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
-                               hint="e.g. --plot attributes.html")
+    check_output_paths(json_path, plot)
     if details is not None and details.suffix.lower() not in (".json", ".csv", ".parquet", ".pq"):
         raise PatchscopesError(f"--details {details}: the file name must end in .json, .csv or .parquet")
     kinds = [k.strip() for k in contexts.split(",") if k.strip()]

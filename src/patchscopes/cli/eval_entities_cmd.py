@@ -8,7 +8,6 @@ descriptions per layer (the paper's Table 3), and writes ``--json`` records and 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from pathlib import Path
@@ -21,7 +20,15 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    PlotOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.entities import SPLITS, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
@@ -36,23 +43,8 @@ from patchscopes.experiments.entities import (
 from patchscopes.model import load_model
 from patchscopes.plots import save_figure, show_token
 
-PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 ENTITIES_HELP = ("An entity file: PopQA rows (TSV/CSV/JSON with 'subj', 's_pop'), PopQA questions with 's_pop', "
                  "WikiDes JSON lines ('source', 'target'), or a file with 'entity' [, 'reference', 'popularity'].")
-
-
-def check_output_paths(json_path: Path | None, plot: Path | None) -> None:
-    """Refuse output names with the wrong extension, and images without kaleido, before anything runs."""
-    if json_path is not None and json_path.suffix.lower() != ".json":
-        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
-    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
-                               hint="e.g. --plot figure.html")
-    image = plot is not None and plot.suffix.lower() not in (".html", ".htm")
-    if image and importlib.util.find_spec("kaleido") is None:
-        raise PatchscopesError(f"--plot {plot}: saving {plot.suffix} images needs the kaleido package, which is not "
-                               "installed", hint="save as .html instead (self-contained, works offline), or pip "
-                               "install kaleido")
 
 
 def clean_records(frame: pd.DataFrame, extra: dict | None = None) -> list[dict]:
@@ -156,8 +148,7 @@ def entities_command(
 
         patchscopes eval entities --entities popqa/popqa_sample_2000.json --reference self --plot fig3.html
     """
-    if engine not in ("batched", "reference"):
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    check_engine(engine)
     if split not in SPLITS:
         raise PatchscopesError(f"unknown --split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
     if reference not in REFERENCE_KINDS:

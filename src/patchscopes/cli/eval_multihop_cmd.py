@@ -21,7 +21,14 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
 from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.multihop import (
@@ -36,8 +43,6 @@ from patchscopes.multihop import COT_TEMPLATE
 from patchscopes.plots import save_figure
 from patchscopes.relations import load_relations
 from patchscopes.text_data import DATA_DIR_ENV
-
-PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
 PAPER_VICUNA_13B = {"vanilla": "19.57 (9/46)", "cot": "35.71", "patchscope-oracle": "50.00 (23/46)",
                     "patchscope-heldout": "–"}
@@ -151,8 +156,7 @@ def multihop_command(
 
         patchscopes eval multihop --relations data/relations --direction hop2-into-hop1 -l 0:30:2 -t 0:30:2
     """
-    if engine not in ("batched", "reference"):
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
+    check_engine(engine)
     if direction not in DIRECTIONS:
         raise PatchscopesError(f"unknown --direction {direction!r}", hint=f"use {' or '.join(DIRECTIONS)}")
     if not 0 < dev_fraction < 1:
@@ -160,11 +164,7 @@ def multihop_command(
     if "{composed}" not in cot_template:
         raise PatchscopesError(f"--cot-template {cot_template!r} has no {{composed}}",
                                hint=f"e.g. {COT_TEMPLATE!r}")
-    if json_path is not None and json_path.suffix.lower() != ".json":
-        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
-    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
-                               hint="e.g. --plot multihop.html")
+    check_output_paths(json_path, plot)
     set_threads(threads)
     rels = load_relations(relation_paths([*(relations or []), *(more_relations or [])]))
 

@@ -7,7 +7,6 @@ surprisal per layer and method, and writes ``--json`` records and a ``--plot`` f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
@@ -21,7 +20,15 @@ from rich.text import Text
 
 from patchscopes.cli.app import console, eval_app, handle_errors, wrote
 from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, PlotOption, ThreadsOption
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    PlotOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
@@ -29,8 +36,6 @@ from patchscopes.lenses import Lens
 from patchscopes.model import load_model
 from patchscopes.plots import save_figure
 from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
-
-PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
 
 def parse_methods(values: list[str] | None) -> list[str] | None:
@@ -83,18 +88,8 @@ def next_token_command(
 
         patchscopes eval next-token --text wiki.txt --samples 200 --methods logit-lens,token-identity --plot f.html
     """
-    if engine not in ("batched", "reference"):
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use batched or reference")
-    if json_path is not None and json_path.suffix.lower() != ".json":
-        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
-    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise PatchscopesError(f"--plot {plot}: the file name must end in .html or .png",
-                               hint="e.g. --plot next-token.html")
-    image = plot is not None and plot.suffix.lower() not in (".html", ".htm")
-    if image and importlib.util.find_spec("kaleido") is None:
-        raise PatchscopesError(f"--plot {plot}: saving {plot.suffix} images needs the kaleido package, which is not "
-                               "installed", hint="use --plot FILE.html (self-contained, works offline), or "
-                               "pip install kaleido")
+    check_engine(engine)
+    check_output_paths(json_path, plot)
     method_list = parse_methods(methods)
     set_threads(threads)
     docs = read_documents(text)

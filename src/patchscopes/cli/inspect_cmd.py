@@ -17,6 +17,7 @@ from rich.text import Text
 
 from patchscopes.batching import BatchBudget
 from patchscopes.cli.app import app, console, handle_errors, wrote
+from patchscopes.cli.options import check_engine
 from patchscopes.embedded import DEFAULT_MODEL
 from patchscopes.errors import PatchscopesError
 from patchscopes.model import load_model
@@ -25,7 +26,6 @@ from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results
 from patchscopes.sweep import sweep
 
-ENGINES = ("batched", "reference")
 SPEC_HELP = "'all', a list '0,3,5', a range '2:10' (2 to 9; '0:30:5' with a step), negatives count from the end"
 
 
@@ -105,8 +105,7 @@ def inspect_command(
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='give a source prompt, e.g. "The Eiffel Tower is in Paris"')
     get_preset(scope).with_options(target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens)
-    if engine not in ENGINES:
-        raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+    check_engine(engine)
     _check_suffix(json_path, "--json", (".json",))
     _check_suffix(csv_path, "--csv", (".csv",))
     _check_suffix(html_path, "--html", (".html", ".htm"))
