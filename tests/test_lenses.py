@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import patchscopes as ps
 from patchscopes.errors import PatchscopesError
@@ -132,7 +133,7 @@ def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
     assert full.kind == "tuned"
     assert torch.equal(full.mapping(-1).weight, torch.eye(lm.hidden_size))
 
-    ckpt = tmp_path / "ckpt.pt"
+    ckpt = tmp_path / "ckpt.safetensors"
 
     def interrupt(step, loss):
         if step == 4:
@@ -141,7 +142,8 @@ def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
     with pytest.raises(KeyboardInterrupt):
         train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt, checkpoint_every=2, progress=False,
                          on_step=interrupt)
-    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    with safe_open(str(ckpt), framework="pt") as fh:  # safetensors, nothing pickled
+        assert json.loads(fh.metadata()["checkpoint"])["step"] == 4
     steps_run = []
     resumed = train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt, progress=False,
                                on_step=lambda step, loss: steps_run.append(step))
@@ -153,6 +155,15 @@ def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
     other = TunedLensSettings(steps=8, batch_size=16, lr=3e-2, samples=300, max_tokens=48)
     with pytest.raises(PatchscopesError, match="other settings"):
         train_tuned_lens(lm, TEXTS[:12], settings=other, checkpoint=ckpt, progress=False)
+
+
+def test_unreadable_checkpoint_says_what_to_do(tmp_path, tiny_llama):
+    ckpt = tmp_path / "old.pt"
+    torch.save({"step": 3}, ckpt)  # a pickle, as earlier versions wrote: refused, never unpickled
+    settings = TunedLensSettings(steps=2, batch_size=16, samples=100, max_tokens=32)
+    with pytest.raises(PatchscopesError, match="could not read the checkpoint") as info:
+        train_tuned_lens(tiny_llama, TEXTS[:4], settings=settings, checkpoint=ckpt, progress=False)
+    assert "delete it" in info.value.hint
 
 
 def test_tuned_lens_settings_are_checked():

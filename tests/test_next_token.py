@@ -210,7 +210,7 @@ def test_tuned_lens_command_resumes(tiny_dir, text_file, tmp_path):
     args = ["fit-lens", "--model", tiny_dir, "--text", text_file, "--kind", "tuned", "--out", str(tmp_path / "t"),
             "--samples", "200", "--max-tokens", "32", "--steps", "3", "--batch-size", "16"]
     assert _invoke(*args).exit_code == 0
-    assert (tmp_path / "t" / "checkpoint.pt").is_file()
+    assert (tmp_path / "t" / "checkpoint.safetensors").is_file()
     again = _invoke(*args[:-4], "--steps", "5", "--batch-size", "16")
     assert again.exit_code == 0, again.output
     assert "resuming" in again.output

@@ -629,20 +629,41 @@ def train_tuned_lens(
 
 
 def _save_checkpoint(path: Path, identity: dict, step: int, weights, biases, opt, losses) -> None:
+    """Training state as safetensors: the tensors, and the rest (identity, step, losses, optimizer settings)
+    as JSON in the file's metadata. Nothing is pickled."""
+    from safetensors.torch import save_file
+
+    tensors = {"weights": weights.detach().clone(), "biases": biases.detach().clone()}
+    state = opt.state_dict()
+    values = {}
+    for index, slot in state["state"].items():
+        for name, value in slot.items():
+            key = f"optimizer.{index}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().clone().contiguous()
+            else:
+                values[key] = value
+    meta = {"identity": identity, "step": step, "losses": list(losses), "param_groups": state["param_groups"],
+            "optimizer_values": values}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"identity": identity, "step": step, "weights": weights.detach().clone(),
-                "biases": biases.detach().clone(), "optimizer": opt.state_dict(), "losses": list(losses)}, tmp)
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "checkpoint": json.dumps(meta)})
     os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, identity: dict) -> dict:
+    """The state written by :func:`_save_checkpoint`, refused if it belongs to other data or settings."""
+    from safetensors import safe_open
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["checkpoint"])
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:
         raise PatchscopesError(f"could not read the checkpoint {path}: {err}",
                                hint="delete it to start training afresh") from err
-    saved = state.get("identity", {})
+    saved = meta.get("identity", {})
+    identity = json.loads(json.dumps(identity))  # compared as it was stored (tuples become lists)
     for key, what in (("data_fingerprint", "fitting data"), ("settings", "settings"), ("samples", "samples")):
         if saved.get(key) != identity[key]:
             raise PatchscopesError(
@@ -650,7 +671,14 @@ def _load_checkpoint(path: Path, identity: dict) -> dict:
                 hint="use the same model, text and settings to resume, or delete the checkpoint to start afresh",
             )
     compare_identity(saved.get("model", {}), identity["model"], f"the checkpoint {path}")
-    return state
+    slots: dict[int, dict] = {}
+    for key, value in [*meta["optimizer_values"].items(), *tensors.items()]:
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer = {"state": slots, "param_groups": meta["param_groups"]}
+    return {"step": meta["step"], "losses": meta["losses"], "weights": tensors["weights"],
+            "biases": tensors["biases"], "optimizer": optimizer}
 
 
 def lens_summary(lens: Lens) -> str:

@@ -27,7 +27,7 @@ from patchscopes.cli.eval_entities_cmd import (
     scores_table,
 )
 from patchscopes.cli.eval_next_token_cmd import parse_methods
-from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
+from patchscopes.cli.lens_cmd import TEXT_HELP, fit_documents, set_threads
 from patchscopes.cli.options import (
     DeviceOption,
     DtypeOption,
@@ -98,19 +98,10 @@ def fit_map_command(
     if out is not None and out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
     set_threads(threads)
-    docs = read_documents(text)
-    fit_docs, eval_docs = split_documents(docs, eval_fraction)
-    if not fit_docs:
-        raise PatchscopesError(
-            f"no document falls in the fit part ({len(docs)} documents, eval fraction {eval_fraction})",
-            hint="give more text or a smaller --eval-fraction",
-        )
+    fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_map_path(source_model, target_model)
     a = load_model(source_model, device=device, dtype=dtype)
     b = load_model(target_model, device=device, dtype=dtype)
-    console.print(Text(f"{len(docs)} documents in {len(docs.files)} file(s); fitting on {len(fit_docs)}, "
-                       f"{len(eval_docs)} held out for evaluation"), soft_wrap=True)
-    split = {"files": [Path(f).name for f in docs.files], "part": "fit", "eval_fraction": eval_fraction}
     cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,
                                ridge=ridge, max_tokens=max_tokens, seed=seed, progress=True,
                                extra_config={"split": split})

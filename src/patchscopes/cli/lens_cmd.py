@@ -73,7 +73,7 @@ def fit_lens_command(
     checkpoint: Annotated[
         Path | None,
         typer.Option("--checkpoint", help="Tuned lens: checkpoint file, resumed from if present.",
-                     show_default="OUT/checkpoint.pt"),
+                     show_default="OUT/checkpoint.safetensors"),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
     dtype: Annotated[
@@ -96,23 +96,14 @@ def fit_lens_command(
         settings = TunedLensSettings(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                      samples=samples or TunedLensSettings.samples, max_tokens=max_tokens, seed=seed)
     set_threads(threads)
-    docs = read_documents(text)
-    fit_docs, eval_docs = split_documents(docs, eval_fraction)
-    if not fit_docs:
-        raise PatchscopesError(
-            f"no document falls in the fit part ({len(docs)} documents, eval fraction {eval_fraction})",
-            hint="give more text or a smaller --eval-fraction",
-        )
+    fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_lens_dir(model, kind)
     lm = load_model(model, device=device, dtype=dtype)
-    console.print(Text(f"{len(docs)} documents in {len(docs.files)} file(s) ({docs.headings} headings skipped); "
-                       f"fitting on {len(fit_docs)}, {len(eval_docs)} held out for evaluation"), soft_wrap=True)
-    split = {"files": [Path(f).name for f in docs.files], "part": "fit", "eval_fraction": eval_fraction}
     if kind == "affine":
         lens = fit_affine_lens(lm, fit_docs, ridge=ridge, samples=samples or 20000, max_tokens=max_tokens,
                                seed=seed, progress=True, extra_config={"split": split})
     else:
-        ckpt = checkpoint or (out / "checkpoint.pt")
+        ckpt = checkpoint or (out / "checkpoint.safetensors")
         if ckpt.is_file():
             console.print(Text(f"resuming from {ckpt}"))
         lens = train_tuned_lens(lm, fit_docs, settings=settings, checkpoint=ckpt, progress=True,
@@ -120,3 +111,21 @@ def fit_lens_command(
     lens.save(out)
     console.print(Text(lens_summary(lens)), soft_wrap=True)
     wrote("lens", f"{out} ({lens.config.get('seconds')} s)")
+
+
+def fit_documents(text: list[Path], eval_fraction: float) -> tuple[list, dict]:
+    """The fit part of the documents in ``text``, said on the console, and its split record for the saved config.
+
+    Raises:
+        PatchscopesError: No document falls in the fit part.
+    """
+    docs = read_documents(text)
+    fit_docs, eval_docs = split_documents(docs, eval_fraction)
+    if not fit_docs:
+        raise PatchscopesError(
+            f"no document falls in the fit part ({len(docs)} documents, eval fraction {eval_fraction})",
+            hint="give more text or a smaller --eval-fraction",
+        )
+    console.print(Text(f"{len(docs)} documents in {len(docs.files)} file(s) ({docs.headings} headings skipped); "
+                       f"fitting on {len(fit_docs)}, {len(eval_docs)} held out for evaluation"), soft_wrap=True)
+    return fit_docs, {"files": [Path(f).name for f in docs.files], "part": "fit", "eval_fraction": eval_fraction}
