@@ -35,7 +35,7 @@ import time
 import torch
 
 import patchscopes as ps
-from patchscopes.hooks import hooks_on, patch_hook
+from patchscopes.engine.hooks import hooks_on, patch_hook
 
 SENTENCES = [
     "The Eiffel Tower, completed in 1889 for the World's Fair, still draws millions of visitors to Paris every year.",

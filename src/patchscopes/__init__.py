@@ -12,22 +12,42 @@ description of h (Ghandeharioun et al., 2024).
     >>> ps.sweep(model, "The Eiffel Tower is in Paris", "token-identity")  # a DataFrame
 """
 
-from patchscopes.architectures import ArchitectureSpec, known_model_types, register_architecture
-from patchscopes.batching import BatchBudget
-from patchscopes.crossmodel import CrossModelMap, aligned_positions, fit_cross_model_map
-from patchscopes.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, embedded_status
-from patchscopes.entities import Entity, EntitySet, read_entities, select_entities
+from patchscopes.data.entities import Entity, EntitySet, read_entities, select_entities
+from patchscopes.data.relations import Relation, load_relation, load_relations, mentions
+from patchscopes.data.text import read_documents, split_documents
+from patchscopes.data.two_hop import TwoHopQuery, build_queries
+from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
+from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples, summarize_multihop
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
-from patchscopes.generation import greedy_generate
-from patchscopes.lenses import Lens, TunedLensSettings, fit_affine, fit_affine_lens, train_tuned_lens
+from patchscopes.experiments.probes import layer_probe, paired_ttest
+from patchscopes.experiments.scoring import SentenceEmbedder, rouge_scores, score_descriptions
+from patchscopes.lenses import (
+    CrossModelMap,
+    Lens,
+    TunedLensSettings,
+    aligned_positions,
+    fit_affine,
+    fit_affine_lens,
+    fit_cross_model_map,
+    train_tuned_lens,
+)
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
-from patchscopes.model import LanguageModel, load_model
-from patchscopes.multihop import TwoHopQuery, build_queries
+from patchscopes.models import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    ArchitectureSpec,
+    LanguageModel,
+    cache_dir,
+    embedded_status,
+    known_model_types,
+    load_model,
+    register_architecture,
+)
 from patchscopes.presets import (
     ENTITY_DESCRIPTION,
     ENTITY_DESCRIPTION_PROMPT,
@@ -38,15 +58,11 @@ from patchscopes.presets import (
     Preset,
     get_preset,
 )
-from patchscopes.probes import layer_probe, paired_ttest
-from patchscopes.relations import Relation, knows_fact, load_relation, load_relations, mentions
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
-from patchscopes.scoring import SentenceEmbedder, rouge_scores, score_descriptions
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
-from patchscopes.text_data import read_documents, split_documents
 
 __version__ = "0.1.0"
 

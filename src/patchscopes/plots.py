@@ -345,3 +345,11 @@ def _as_list(value: Any) -> list:
 def _first(value: Any) -> str:
     items = _as_list(value)
     return str(items[0]) if items else ""
+
+
+def rgba(color: str | None, alpha: float) -> str:
+    """A ``#rrggbb`` colour as ``rgba(r,g,b,alpha)`` (grey for anything else), for translucent bands."""
+    if not color or not color.startswith("#") or len(color) != 7:
+        return f"rgba(128,128,128,{alpha})"
+    r, g, b = (int(color[i: i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.model import LanguageModel
+from patchscopes.models import LanguageModel
 from patchscopes.scope import Generate, NextToken, Patchscope, Readout, Source, Target, contains_placeholder
 
 TOKEN_IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"

@@ -8,30 +8,21 @@ records), CSV (list columns as JSON strings) or Parquet, chosen by the file's ex
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from patchscopes.engine.readouts import Readings
 from patchscopes.errors import PatchscopesError
+
+__all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results"]
 
 LIST_COLUMNS = (
     "top_tokens", "top_token_ids", "top_probs",
     "baseline_top_tokens", "baseline_top_token_ids", "baseline_top_probs", "generated_token_ids",
 )
-
-
-@dataclass
-class Readings:
-    """What one target run showed: the top-k next tokens and, for generation, the text."""
-
-    top_tokens: list[str]
-    top_token_ids: list[int]
-    top_probs: list[float]
-    generated_text: str | None = None
-    generated_token_ids: list[int] | None = None
-    logits: torch.Tensor | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -8,13 +8,11 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from patchscopes.batched import run_batched
-from patchscopes.batching import BatchBudget
+from patchscopes.engine import BatchBudget, Job, Readings, run_batched, run_reference, target_run
 from patchscopes.errors import PatchscopesError
-from patchscopes.jobs import Job, resolve_jobs
-from patchscopes.model import LanguageModel
-from patchscopes.reference import run_reference, target_run
-from patchscopes.results import PatchResult, Readings
+from patchscopes.models import LanguageModel
+from patchscopes.resolve import resolve_jobs, to_result
+from patchscopes.results import PatchResult
 from patchscopes.scope import Patchscope
 
 Engine = Literal["batched", "reference"]
@@ -46,18 +44,18 @@ def run(
     Raises:
         PatchscopesError: A scope is invalid (checked for all scopes before anything runs).
     """
-    if isinstance(scopes, Patchscope):
-        scopes = [scopes]
-    jobs = resolve_jobs(list(scopes), model)
+    scopes = [scopes] if isinstance(scopes, Patchscope) else list(scopes)
+    jobs = resolve_jobs(scopes, model)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
         with torch.no_grad():
             if engine == "batched":
-                results = run_batched(jobs, budget or BatchBudget(), progress=bar)
+                readings = run_batched(jobs, budget or BatchBudget(), progress=bar)
             elif engine == "reference":
-                results = run_reference(jobs, progress=bar)
+                readings = run_reference(jobs, progress=bar)
             else:
                 raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
+            results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
             if baseline:
                 attach_baselines(jobs, results)
     finally:

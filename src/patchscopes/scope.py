@@ -1,5 +1,8 @@
 """The paper's notation as types: a source (S, i, M, l), a target (T, i*, f, M*, l*) and a readout.
 
+The readouts (:class:`NextToken`, :class:`Generate`) are defined by the engine, which carries them out, and
+re-exported here as part of the notation.
+
 A :class:`Patchscope` takes the hidden state h of ``source.model`` at ``source.layer`` and
 ``source.position`` while it reads ``source.prompt``, maps it through ``target.mapping`` and writes f(h)
 over the output of block ``target.layer`` at ``target.position`` while ``target.model`` reads
@@ -18,9 +21,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from patchscopes.engine.readouts import Generate, NextToken, Readout
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import Mapping
-from patchscopes.model import LanguageModel
+from patchscopes.models import LanguageModel
+
+__all__ = [
+    "Generate", "NextToken", "Patchscope", "Readout", "Source", "Target", "contains_placeholder", "resolve_position",
+]
 
 
 @dataclass(frozen=True)
@@ -60,65 +68,6 @@ class Target:
     model: LanguageModel | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class NextToken:
-    """Read the next-token distribution of the patched target run.
-
-    Attributes:
-        top_k: How many of the most likely tokens to keep.
-        full_logits: Also keep the full vector of logits (memory grows with the vocabulary).
-        position: The target position whose next-token distribution is read (default: the last token).
-            It must not come before the patch position, which could not affect it.
-    """
-
-    top_k: int = 10
-    full_logits: bool = False
-    position: int = -1
-
-
-@dataclass(frozen=True)
-class Generate:
-    """Generate text from the patched target run.
-
-    The patch is applied once, while the target prompt is read (prefill); later tokens see it only
-    through the key/value cache.
-
-    Attributes:
-        max_new_tokens: The most tokens to generate.
-        do_sample: Sample instead of greedy decoding.
-        temperature: Sampling temperature.
-        top_k: Sample among the k most likely tokens only (0: no limit).
-        top_p: Nucleus sampling mass (1.0: no limit).
-        stop: Strings that end generation; the text is cut before the first one.
-        seed: Seed of the sampler, for reproducible samples.
-        top_tokens: How many tokens of the first generated position's distribution to report.
-    """
-
-    max_new_tokens: int = 20
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-    top_tokens: int = 10
-
-    def __post_init__(self) -> None:
-        # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if not all(isinstance(s, str) for s in stop):
-            raise PatchscopesError(f"stop strings must be strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", stop)
-        if self.do_sample and not self.temperature > 0:
-            raise PatchscopesError(f"the sampling temperature must be positive, got {self.temperature}",
-                                   hint="use do_sample=False for greedy decoding")
-        if not 0 < self.top_p <= 1:
-            raise PatchscopesError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise PatchscopesError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
-
-
-Readout = NextToken | Generate
 
 
 @dataclass(frozen=True)
@@ -134,7 +83,7 @@ class Patchscope:
 
     source: Source
     target: Target
-    readout: Readout = NextToken()
+    readout: Readout = NextToken()  # noqa: RUF009 (a frozen dataclass: an immutable default)
 
 
 def resolve_position(
@@ -170,7 +119,7 @@ def resolve_position(
                 f"{what} {position!r} does not occur in the prompt {_short(prompt)}",
                 hint="give a substring of the prompt (its last token is used) or a token index",
             )
-        return _token_at_char(model, prompt, ids, end - 1)
+        return model.token_at_char(prompt, ids, end - 1)
     raise PatchscopesError(f"{what} must be an int or a substring, got {type(position).__name__}")
 
 
@@ -194,30 +143,6 @@ def _last_occurrence_end(prompt: str, sub: str, *, whole_word: bool = False) -> 
         idx = prompt.rfind(sub)
         return None if idx < 0 else idx + len(sub)
     return matches[-1].end()
-
-
-def _token_at_char(model: LanguageModel, prompt: str, ids: list[int], char: int) -> int:
-    """The index of the token that covers character ``char`` of ``prompt``."""
-    tok = model.tokenizer
-    try:
-        enc = tok(prompt, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-    except (NotImplementedError, TypeError, ValueError, KeyError):
-        offsets = None
-    if offsets is not None and len(offsets) == len(ids):
-        best = None
-        for index, (start, stop) in enumerate(offsets):
-            if start == stop:  # special tokens
-                continue
-            if start <= char < stop or (best is None and start > char):
-                best = index
-        if best is not None:
-            return best
-    # Without offsets: the first prefix of tokens whose decoded text covers the character.
-    for index in range(len(ids)):
-        if len(tok.decode(ids[: index + 1], skip_special_tokens=True)) > char:
-            return index
-    return len(ids) - 1
 
 
 def _short(prompt: str | tuple[int, ...], width: int = 40) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from patchscopes.batching import BatchBudget
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
-from patchscopes.model import LanguageModel
+from patchscopes.models import LanguageModel
 from patchscopes.presets import Preset, get_preset
 from patchscopes.results import results_to_frame
 from patchscopes.runner import Engine, run

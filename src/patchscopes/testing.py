@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from patchscopes.model import LanguageModel
+from patchscopes.models import LanguageModel
 
 TINY_FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma2", "gemma3_text")
 

@@ -1,4 +1,8 @@
-"""The ``patchscopes`` command line. Each command lives in its own module and registers on :data:`app`."""
+"""The ``patchscopes`` command line. Each command (or command group) lives in its own module and registers on
+:data:`app`; shared options and checks are in :mod:`~patchscopes.cli.options`.
+
+The top tier: commands may import anything of the package; nothing imports them.
+"""
 
 from patchscopes.cli.app import app, eval_app, main
 

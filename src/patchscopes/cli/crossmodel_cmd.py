@@ -1,7 +1,7 @@
 """``patchscopes fit-map`` and ``patchscopes eval cross-model``: the paper's Experiment 4 between any two models.
 
 ``fit-map`` fits affine maps from a source model's layers to a target model's layers on the ``fit`` part of
-some text, at positions where both tokenizers have read the same text (see :mod:`patchscopes.crossmodel`),
+some text, at positions where both tokenizers have read the same text (see :mod:`patchscopes.lenses.cross_model`),
 and saves them in one safetensors file. ``eval cross-model`` evaluates them on the ``eval`` part of the text
 (next-token Precision@1 and surprisal over (l, l*), next to the same-model token identity) and, with
 ``--entities``, describes entities across the models.
@@ -37,8 +37,8 @@ from patchscopes.cli.options import (
     check_engine,
     check_output_paths,
 )
-from patchscopes.crossmodel import CrossModelMap, fit_cross_model_map, map_summary
-from patchscopes.entities import SPLITS, read_entities, select_entities
+from patchscopes.data.entities import SPLITS, read_entities, select_entities
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.cross_model import (
     CROSS_METHODS,
@@ -49,9 +49,9 @@ from patchscopes.experiments.cross_model import (
     summarize_cross_model,
 )
 from patchscopes.experiments.entities import REFERENCE_KINDS
-from patchscopes.model import load_model
+from patchscopes.lenses import CrossModelMap, fit_cross_model_map, map_summary
+from patchscopes.models import load_model
 from patchscopes.plots import save_figure
-from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 
 MODEL_HELP = "An embedded alias, a .gguf file, a model folder or a hub id."
 

@@ -28,7 +28,8 @@ from patchscopes.cli.options import (
     check_engine,
     check_output_paths,
 )
-from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.data.relations import CONTEXT_KINDS, attach_windows, load_relations
+from patchscopes.data.text import DATA_DIR_ENV, read_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import (
     DEFAULT_MAX_SAMPLES,
@@ -38,11 +39,9 @@ from patchscopes.experiments.attributes import (
     attributes_figure,
     evaluate_attributes,
 )
-from patchscopes.model import load_model
+from patchscopes.models import DEFAULT_MODEL, load_model
 from patchscopes.plots import save_figure
-from patchscopes.relations import CONTEXT_KINDS, attach_windows, load_relations
 from patchscopes.results import save_results
-from patchscopes.text_data import DATA_DIR_ENV, read_documents
 
 
 def parse_target_prompts(values: list[str] | None) -> dict[str, str] | None:

@@ -1,7 +1,7 @@
 """``patchscopes eval entities``: the paper's Experiment 3 (entity description) on any causal LM.
 
 Reads an entity file (PopQA rows or questions, WikiDes JSON lines, or a plain ``entity`` file; see
-:mod:`patchscopes.entities`), describes each chosen entity from its hidden state at each layer, scores the
+:mod:`patchscopes.data.entities`), describes each chosen entity from its hidden state at each layer, scores the
 descriptions against the references, prints per-layer scores by popularity group and a few example
 descriptions per layer (the paper's Table 3), and writes ``--json`` records and a ``--plot`` figure (Figure 3).
 """
@@ -29,8 +29,7 @@ from patchscopes.cli.options import (
     check_engine,
     check_output_paths,
 )
-from patchscopes.embedded import DEFAULT_MODEL
-from patchscopes.entities import SPLITS, EntitySet, read_entities, select_entities
+from patchscopes.data.entities import SPLITS, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.entities import (
     DEFAULT_LAYERS,
@@ -40,7 +39,7 @@ from patchscopes.experiments.entities import (
     description_figure,
     summarize_descriptions,
 )
-from patchscopes.model import load_model
+from patchscopes.models import DEFAULT_MODEL, load_model
 from patchscopes.plots import save_figure, show_token
 
 ENTITIES_HELP = ("An entity file: PopQA rows (TSV/CSV/JSON with 'subj', 's_pop'), PopQA questions with 's_pop', "

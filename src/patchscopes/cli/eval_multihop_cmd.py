@@ -29,7 +29,9 @@ from patchscopes.cli.options import (
     check_engine,
     check_output_paths,
 )
-from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.data.relations import load_relations
+from patchscopes.data.text import DATA_DIR_ENV
+from patchscopes.data.two_hop import COT_TEMPLATE
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.multihop import (
     DIRECTIONS,
@@ -38,11 +40,8 @@ from patchscopes.experiments.multihop import (
     result_records,
     summarize_multihop,
 )
-from patchscopes.model import load_model
-from patchscopes.multihop import COT_TEMPLATE
+from patchscopes.models import DEFAULT_MODEL, load_model
 from patchscopes.plots import save_figure
-from patchscopes.relations import load_relations
-from patchscopes.text_data import DATA_DIR_ENV
 
 PAPER_VICUNA_13B = {"vanilla": "19.57 (9/46)", "cot": "35.71", "patchscope-oracle": "50.00 (23/46)",
                     "patchscope-heldout": "–"}

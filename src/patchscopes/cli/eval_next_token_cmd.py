@@ -29,13 +29,12 @@ from patchscopes.cli.options import (
     check_engine,
     check_output_paths,
 )
-from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
 from patchscopes.lenses import Lens
-from patchscopes.model import load_model
+from patchscopes.models import DEFAULT_MODEL, load_model
 from patchscopes.plots import save_figure
-from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 
 
 def parse_methods(values: list[str] | None) -> list[str] | None:

@@ -15,12 +15,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.batching import BatchBudget
 from patchscopes.cli.app import app, console, handle_errors, wrote
 from patchscopes.cli.options import check_engine
-from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
-from patchscopes.model import load_model
+from patchscopes.models import DEFAULT_MODEL, load_model
 from patchscopes.plots import cell_probability, cell_text, grid, heatmap, save_figure
 from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results

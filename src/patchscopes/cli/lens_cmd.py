@@ -1,6 +1,6 @@
 """``patchscopes fit-lens``: fit one map per layer l → last layer on the fit part of some text, and save it.
 
-The documents of the text files are split by a hash of each document (see :mod:`patchscopes.text_data`);
+The documents of the text files are split by a hash of each document (see :mod:`patchscopes.data.text`);
 the lens is fitted on the ``fit`` part only, so ``patchscopes eval next-token`` on the same files evaluates on
 documents the lens never saw.
 """
@@ -16,11 +16,10 @@ import typer
 from rich.text import Text
 
 from patchscopes.cli.app import app, console, handle_errors, wrote
-from patchscopes.embedded import DEFAULT_MODEL
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import LENS_KINDS, TunedLensSettings, fit_affine_lens, lens_summary, train_tuned_lens
-from patchscopes.model import load_model
-from patchscopes.text_data import DEFAULT_EVAL_FRACTION, read_documents, split_documents
+from patchscopes.models import DEFAULT_MODEL, load_model
 
 TEXT_HELP = ("Plain text files, one document per paragraph (paragraphs separated by blank lines; WikiText "
              "headings are skipped). Repeat the option for several files.")

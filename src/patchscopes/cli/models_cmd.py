@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 
 from patchscopes.cli.app import app, console, handle_errors
-from patchscopes.embedded import DEFAULT_MODEL, cache_dir, embedded_status
+from patchscopes.models import DEFAULT_MODEL, cache_dir, embedded_status
 
 
 @app.command("models")

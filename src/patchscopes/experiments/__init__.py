@@ -2,7 +2,11 @@
 
 One module per experiment: :mod:`~patchscopes.experiments.next_token` (section 4.1),
 :mod:`~patchscopes.experiments.attributes` (4.2), :mod:`~patchscopes.experiments.entities` (4.3),
-:mod:`~patchscopes.experiments.cross_model` (4.4) and :mod:`~patchscopes.experiments.multihop` (5).
+:mod:`~patchscopes.experiments.cross_model` (4.4) and :mod:`~patchscopes.experiments.multihop` (5). Their metrics
+and filters live beside them: :mod:`~patchscopes.experiments.probes` (the logistic-regression baseline),
+:mod:`~patchscopes.experiments.scoring` (Rouge, SBERT) and :mod:`~patchscopes.experiments.knows_fact`.
+
+Imports: lenses, data, the root framework, the engine and models; never the CLI.
 """
 
 from patchscopes.experiments.attributes import (

@@ -1,10 +1,10 @@
 """Experiment 2 of the paper: attribute extraction, the patchscope against a linear probe.
 
-For each relation (see :mod:`patchscopes.relations`), a sample is a (subject, object) fact in a source
+For each relation (see :mod:`patchscopes.data.relations`), a sample is a (subject, object) fact in a source
 context S; h is the hidden state of the subject's last token at source layer l. The patchscope writes h over
 the placeholder ``x`` of the relation's target prompt (``"The capital city of x"``) at target layer l*,
 generates ``max_new_tokens`` greedy tokens (the patch applies at prefill only), and is correct when the
-object appears in the text (:func:`patchscopes.relations.mentions`). It runs through :func:`patchscopes.run`.
+object appears in the text (:func:`patchscopes.data.relations.mentions`). It runs through :func:`patchscopes.run`.
 
 Steps, per relation:
 
@@ -15,7 +15,7 @@ Steps, per relation:
    reported (``counts``).
 3. **Probe** (the paper's baseline): a logistic-regression probe per source layer on h, ``folds``-fold
    cross-validation over the known samples (at most ``probe_samples``), classes = the objects seen in
-   training (:mod:`patchscopes.probes`).
+   training (:mod:`patchscopes.experiments.probes`).
 4. **Patchscope** on at most ``max_samples`` of the known samples (a seeded random subset of the probe's),
    for every source layer × target layer.
 5. **Summary** as the paper's Table 2: per source layer l, a sample counts as correct if the object
@@ -26,7 +26,6 @@ Steps, per relation:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -36,27 +35,24 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from patchscopes.batched import left_pad
-from patchscopes.batching import BatchBudget
-from patchscopes.errors import PatchscopesError
-from patchscopes.hooks import StopForward, capture_hook, hooks_on
-from patchscopes.model import LanguageModel
-from patchscopes.probes import layer_probe, paired_ttest
-from patchscopes.relations import (
+from patchscopes.data.relations import (
     CONTEXT_KINDS,
     AttributeSample,
     Relation,
     check_target_prompt,
     corpus_windows,
-    knows_fact,
     load_relation,
     locate_samples,
     mentions,
     subject_contexts,
 )
+from patchscopes.engine import BatchBudget, capture_states
+from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.knows_fact import knows_fact
+from patchscopes.experiments.probes import layer_probe, paired_ttest
+from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
@@ -269,18 +265,10 @@ def subject_states(
         return out
     encoded = [model.encode(s.text) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(encoded[i]))
-    top = max(layers)
     for first in range(0, len(order), batch_size):
         rows = order[first: first + batch_size]
-        ids, mask, positions, pads = left_pad(model, [encoded[r] for r in rows])
-        cols = torch.tensor([pads[k] + samples[r].position for k, r in enumerate(rows)])
-        store: dict = {}
-        hooks = {layer: capture_hook(torch.arange(len(rows)), cols, store, layer, stop=layer == top)
-                 for layer in set(layers)}
-        with torch.no_grad(), hooks_on(model.arch.blocks, hooks), contextlib.suppress(StopForward):
-            model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        stacked = torch.stack([store[layer] for layer in layers], dim=1).float().cpu().numpy()
-        out[rows] = stacked
+        states = capture_states(model, [encoded[r] for r in rows], [[samples[r].position] for r in rows], layers)
+        out[rows] = states.numpy()
     return out
 
 
@@ -325,7 +313,7 @@ def evaluate_attributes(
 
     Args:
         model: The model (source and target).
-        relations: :class:`~patchscopes.relations.Relation` values or relation files.
+        relations: :class:`~patchscopes.data.relations.Relation` values or relation files.
         target_prompts: Target prompts by relation key or name (``"*"``: any relation), each with one
             placeholder ``x``; by default the relation's own (the paper's, the TSV's, or one derived from the
             first template).
@@ -336,7 +324,7 @@ def evaluate_attributes(
             samples are always among the probe's.
         contexts: Kinds of source contexts allowed, in order of preference (``wikitext``, ``corpus``,
             ``template``).
-        corpus: Documents (texts or :class:`~patchscopes.text_data.Document`) to find subjects in.
+        corpus: Documents (texts or :class:`~patchscopes.data.text.Document`) to find subjects in.
         contexts_per_subject: The most source contexts per subject.
         window_tokens: The length of corpus windows in tokens.
         max_new_tokens: Tokens generated by the fact check and by each patched run (the paper: 20).

@@ -2,7 +2,7 @@
 
 **Next-token prediction** (the paper's code, ``patch_cross_model.ipynb``). An evaluation text is read by
 both models; one aligned position pair (i, j) is drawn per window (both models have read the same text there,
-see :mod:`patchscopes.crossmodel`). A's state h at (l, i) is mapped by the fitted affine f_{l→l*} and written
+see :mod:`patchscopes.lenses.cross_model`). A's state h at (l, i) is mapped by the fitted affine f_{l→l*} and written
 over B's state at (l*, j) while B reads the same text (T = S, i* = j); B's next-token distribution at j is
 read. Methods:
 
@@ -37,17 +37,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from patchscopes.batching import BatchBudget
-from patchscopes.crossmodel import AlignedWindow, CrossModelMap, align_windows
-from patchscopes.entities import Entity
+from patchscopes.data.entities import Entity
+from patchscopes.data.text import Document
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.entities import description_samples, summarize_descriptions
-from patchscopes.model import LanguageModel
+from patchscopes.lenses import AlignedWindow, CrossModelMap, align_windows
+from patchscopes.models import LanguageModel
 from patchscopes.presets import TOKEN_IDENTITY_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
-from patchscopes.text_data import Document
 
 CROSS_METHODS = ("cross-model", "cross-model-identity-prompt", "token-identity", "target-own")
 DEFAULT_METHODS = ("cross-model", "token-identity", "target-own")

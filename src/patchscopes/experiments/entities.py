@@ -12,7 +12,7 @@ text holds a ``":"``, only what follows the last one (the model often writes ``"
 sometimes continues the name first, ``" Coates: American actor"``, or invents one, ``": The Golden Goat:
 American football team"``), stripped of spaces.
 
-**Scores** (:mod:`patchscopes.scoring`): RougeL and Rouge1 F-measures and the SBERT cosine against the
+**Scores** (:mod:`patchscopes.experiments.scoring`): RougeL and Rouge1 F-measures and the SBERT cosine against the
 entity's reference description, where it has one. ``reference="self"`` scores against the target model's
 own description of the entity instead: the same prompt with the name written in place of ``x``, run without a
 patch and cut the same way. That asks whether the hidden state carries what the model says when it reads the
@@ -30,14 +30,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from patchscopes.batching import BatchBudget
-from patchscopes.entities import Entity
+from patchscopes.data.entities import Entity
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
-from patchscopes.model import LanguageModel
+from patchscopes.experiments.scoring import SentenceEmbedder, score_descriptions
+from patchscopes.models import LanguageModel
+from patchscopes.plots import rgba
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
-from patchscopes.scoring import SentenceEmbedder, score_descriptions
 from patchscopes.specs import parse_spec
 
 DESCRIPTION_STOP = (",", "\n")
@@ -99,7 +100,7 @@ def description_samples(
 
     Args:
         source_model: M, which reads the entity's name.
-        entities: The entities (see :func:`patchscopes.entities.select_entities`).
+        entities: The entities (see :func:`patchscopes.data.entities.select_entities`).
         pairs: ``(source layer l, target layer l*, mapping f or None)`` triples.
         target_model: M*, if not the source model.
         prompt: The target prompt; it must contain the placeholder ``x`` (the patch goes on its last token).
@@ -216,7 +217,7 @@ def describe_entities(
         One row per (entity, layer); see :func:`description_samples`.
 
     Example:
-        >>> from patchscopes.entities import read_entities, select_entities
+        >>> from patchscopes.data.entities import read_entities, select_entities
         >>> chosen = select_entities(read_entities("wikides.json"), 50)
         >>> samples = describe_entities(model, chosen, layers="0:10")
         >>> summarize_descriptions(samples)
@@ -291,7 +292,6 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from patchscopes.experiments.next_token import _rgba
 
     fig = make_subplots(rows=1, cols=3, subplot_titles=[_SCORE_TITLES[s] for s in SCORES], horizontal_spacing=0.07)
     groups = list(dict.fromkeys(summary["group"]))
@@ -307,7 +307,7 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
             upper, lower = part[score] + sem, part[score] - sem
             fig.add_trace(go.Scatter(
                 x=list(part["layer"]) + list(part["layer"])[::-1], y=list(upper) + list(lower)[::-1], fill="toself",
-                fillcolor=_rgba(color, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                fillcolor=rgba(color, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
                 legendgroup=group), row=1, col=col)
             fig.add_trace(go.Scatter(
                 x=part["layer"], y=part[score], mode="lines+markers", name=label, legendgroup=group,

@@ -3,12 +3,12 @@
 Pipeline (REFERENCE.md §2, "Multi-hop correction"):
 
 1. **Queries.** Two-hop queries s →(A) o1 →(B) o2 are built by chaining relation files
-   (:func:`patchscopes.multihop.build_queries`).
+   (:func:`patchscopes.data.two_hop.build_queries`).
 2. **Filter.** A query is kept where the model answers each hop alone: o1 appears within ``max_new_tokens``
    greedy tokens of the hop-1 prompt, and o2 within those of the hop-2 prompt. The count after each step is
    kept (``attrs["counts"]``).
 3. **Baselines** on the kept queries: the *vanilla* composed prompt and a *chain-of-thought* prompt ("Let's
-   think step by step", :data:`~patchscopes.multihop.COT_TEMPLATE`), both greedy.
+   think step by step", :data:`~patchscopes.data.two_hop.COT_TEMPLATE`), both greedy.
 4. **CoT patchscope.** For every pair (l, l*) of source and target layers, one hop's hidden state is patched
    into the other hop, and the target generates ``max_new_tokens`` tokens (patched at prefill only). A
    generation is correct where o2 appears in it. Two directions (the paper's text and its code disagree):
@@ -41,12 +41,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from patchscopes.batching import BatchBudget
+from patchscopes.data.relations import mentions, normalize_text
+from patchscopes.data.two_hop import COT_TEMPLATE, TwoHopQuery, build_queries, split_queries
+from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
-from patchscopes.generation import greedy_generate
-from patchscopes.model import LanguageModel
-from patchscopes.multihop import COT_TEMPLATE, TwoHopQuery, build_queries, split_queries
-from patchscopes.relations import knows_fact, mentions, normalize_text
+from patchscopes.experiments.knows_fact import knows_fact
+from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
@@ -129,7 +129,7 @@ def filter_known(
     progress: bool = False,
 ) -> tuple[list[TwoHopQuery], dict[str, int], pd.DataFrame]:
     """Keep the queries whose two hops the model answers alone: the answer (or an alias) appears within
-    ``max_new_tokens`` greedy tokens (:func:`patchscopes.relations.knows_fact`).
+    ``max_new_tokens`` greedy tokens (:func:`patchscopes.experiments.knows_fact.knows_fact`).
 
     Hop 1 is answered if any of its candidate prompts (``hop1_prompts``: each of relation A's templates) makes
     the model name o1; the kept query's ``hop1_prompt`` is the first such prompt. Hop 2 is its one prompt (the
@@ -421,7 +421,7 @@ def evaluate_multihop(model: LanguageModel, relations: Sequence[object], **optio
     """The multi-hop experiment's table (see :func:`multihop_samples` and :func:`summarize_multihop`).
 
     Example:
-        >>> from patchscopes.relations import load_relations
+        >>> from patchscopes.data.relations import load_relations
         >>> rels = load_relations(["relations/factual/product_by_company.json", "relations/factual/company_ceo.json"])
         >>> table = evaluate_multihop(model, rels, source_layers="0:30:3", target_layers="0:30:3")
     """

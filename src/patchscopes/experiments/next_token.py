@@ -10,13 +10,13 @@ at i (REFERENCE.md, §2):
 Methods (each a patchscope run by :func:`patchscopes.run`):
 
 - ``logit-lens``: l* = L-1 at the source position (T = S); the readout is head(h).
-- a lens (``affine-lens``, ``tuned-lens``, see :mod:`patchscopes.lenses`): the same with f = the layer's map.
+- a lens (``affine-lens``, ``tuned-lens``, see :mod:`patchscopes.lenses.base`): the same with f = the layer's map.
 - ``token-identity``: the paper's prompt ``"cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?"``, patched at its
   last token, l* = l.
 - ``random-demos``: the same form with k random single-token words of the vocabulary as demonstrations,
   ``demo_sets`` seeded sets, reported as the mean and standard deviation over the sets.
 
-Each document is cut into windows of ``max_tokens`` tokens (see :mod:`patchscopes.text_data`); one random
+Each document is cut into windows of ``max_tokens`` tokens (see :mod:`patchscopes.data.text`); one random
 position is drawn in each of ``samples`` random windows, and the source is the window cut just after that
 position (a causal model's state at i does not depend on later tokens). The source forward runs once per
 batch of windows inside the batched engine, which reads every layer at the sampled positions; the final
@@ -34,15 +34,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from patchscopes.batching import BatchBudget
+from patchscopes.data.text import Document, Window, token_windows
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import Lens
-from patchscopes.model import LanguageModel
+from patchscopes.models import LanguageModel
+from patchscopes.plots import rgba
 from patchscopes.presets import LOGIT_LENS, TOKEN_IDENTITY_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
-from patchscopes.text_data import Document, Window, token_windows
 
 NEXT_TOKEN_METHODS = ("logit-lens", "token-identity", "random-demos")
 """The methods that need no lens; each lens given adds its own (``affine-lens``, ``tuned-lens``)."""
@@ -166,7 +167,7 @@ def next_token_samples(
 
     Args:
         model: The model (source and target).
-        documents: The evaluation documents (texts or :class:`~patchscopes.text_data.Document`). Documents a
+        documents: The evaluation documents (texts or :class:`~patchscopes.data.text.Document`). Documents a
             lens was fitted on are left out (counted in ``attrs["excluded_fit_documents"]``).
         samples: How many positions to sample (one per window).
         seed: Seed of the windows, positions and random demonstrations.
@@ -310,7 +311,7 @@ def evaluate_next_token(model: LanguageModel, documents: Sequence[Document | str
         ``attrs`` holds the counts (samples, documents, windows, skipped) and settings.
 
     Example:
-        >>> from patchscopes.text_data import read_documents, split_documents
+        >>> from patchscopes.data.text import read_documents, split_documents
         >>> fit, evaluation = split_documents(read_documents("wiki.txt"))
         >>> table = evaluate_next_token(model, evaluation, samples=500, lenses=[lens])
     """
@@ -346,7 +347,7 @@ def next_token_figure(summary: pd.DataFrame, *, title: str | None = None):
                 upper, lower = group[metric] + std, group[metric] - std
                 fig.add_trace(go.Scatter(
                     x=list(group["layer"]) + list(group["layer"])[::-1], y=list(upper) + list(lower)[::-1],
-                    fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
+                    fill="toself", fillcolor=rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
                     showlegend=False, legendgroup=method), row=1, col=col)
             fig.add_trace(go.Scatter(
                 x=group["layer"], y=group[metric], mode="lines+markers", name=label, legendgroup=method,
@@ -363,10 +364,3 @@ def next_token_figure(summary: pd.DataFrame, *, title: str | None = None):
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0.5, xanchor="center"),
                       margin=dict(l=50, r=20, t=70, b=90))
     return fig
-
-
-def _rgba(color: str | None, alpha: float) -> str:
-    if not color or not color.startswith("#") or len(color) != 7:
-        return f"rgba(128,128,128,{alpha})"
-    r, g, b = (int(color[i: i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"

@@ -1,0 +1,39 @@
+"""The engine: everything that turns resolved jobs into forward passes.
+
+- :mod:`~patchscopes.engine.readouts`: what can be read from a target run (:class:`NextToken`,
+  :class:`Generate`) and what a run showed (:class:`Readings`).
+- :mod:`~patchscopes.engine.jobs`: :class:`Job`, one patch with everything resolved.
+- :mod:`~patchscopes.engine.batched`: the fast engine (sources captured in one early-stopped forward, shared
+  target prefixes, many patch layers per forward, vocabulary slices); :mod:`~patchscopes.engine.reference`: the
+  plain one, one hooked forward per patch, the ground truth the tests compare against.
+- Helpers of the batched engine: ``batching`` (micro-batch budgets), ``prefix`` (shared key/value caches),
+  ``layer_skipping`` (rows that skip the blocks below their l*), ``unembedding`` (top-k over vocabulary slices),
+  ``hooks``, ``padding``, ``generation`` (batched greedy generation without patches).
+- :mod:`~patchscopes.engine.capture`: :func:`capture_states`, the one way code outside the engine reads hidden
+  states.
+
+Imports: :mod:`patchscopes.models` and :mod:`patchscopes.errors` only. Jobs are built from patchscopes by the
+root package (:mod:`patchscopes.resolve`), so the engine never sees the user-facing types.
+"""
+
+from patchscopes.engine.batched import run_batched
+from patchscopes.engine.batching import BatchBudget
+from patchscopes.engine.capture import capture_states
+from patchscopes.engine.generation import greedy_generate
+from patchscopes.engine.jobs import Job
+from patchscopes.engine.readouts import Generate, NextToken, Readings, Readout
+from patchscopes.engine.reference import run_reference, target_run
+
+__all__ = [
+    "BatchBudget",
+    "Generate",
+    "Job",
+    "NextToken",
+    "Readings",
+    "Readout",
+    "capture_states",
+    "greedy_generate",
+    "run_batched",
+    "run_reference",
+    "target_run",
+]

@@ -1,0 +1,95 @@
+"""Plain, unpatched greedy generation for many prompts at once.
+
+The experiments need the model's own answer to a prompt (does it know that the capital of France is Paris?)
+for hundreds of prompts. :func:`greedy_generate` runs them left-padded in batches, with the attention mask
+and position ids every row needs, so each row's text is the one it would get alone.
+
+    >>> texts = greedy_generate(model, ["The capital city of France", "The capital city of Peru"], 20)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from patchscopes.engine.padding import left_pad
+from patchscopes.errors import PatchscopesError
+from patchscopes.models import LanguageModel
+
+
+def greedy_generate(
+    model: LanguageModel,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int = 20,
+    *,
+    batch_size: int = 32,
+    progress=None,
+) -> list[str]:
+    """Greedy continuations of ``prompts``, without any patch.
+
+    Prompts are sorted by length and run left-padded in batches of ``batch_size``; a row's text ends at its
+    first end-of-sequence token (the tokens after it are dropped).
+
+    Args:
+        model: The model.
+        prompts: Texts (tokenized with the model's special tokens) or sequences of token ids used as given.
+        max_new_tokens: The most tokens generated per prompt.
+        batch_size: Prompts per forward pass.
+        progress: An optional tqdm-like bar, advanced by the number of prompts of each finished batch.
+
+    Returns:
+        The generated text of each prompt (without the prompt), in the order of ``prompts``.
+
+    Raises:
+        PatchscopesError: An empty prompt, or ``max_new_tokens`` / ``batch_size`` below 1.
+    """
+    if max_new_tokens < 1:
+        raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise PatchscopesError(f"batch_size must be at least 1, got {batch_size}")
+    encoded: list[list[int]] = []
+    for prompt in prompts:
+        ids = model.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise PatchscopesError(f"cannot generate from the empty prompt {prompt!r}")
+        encoded.append(ids)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(encoded)
+    for first in range(0, len(order), batch_size):
+        rows = order[first: first + batch_size]
+        for row, ids in zip(rows, _generate_batch(model, [encoded[r] for r in rows], max_new_tokens)):
+            out[row] = model.decode(ids)
+        if progress is not None:
+            progress.update(len(rows))
+    return out
+
+
+def _generate_batch(model: LanguageModel, sequences: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    ids, mask, positions, _ = left_pad(model, sequences)
+    lengths = torch.tensor([len(s) for s in sequences])
+    eos = model.eos_token_ids
+    n = len(sequences)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    with torch.no_grad():
+        logits, cache = model.forward(ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                      logits_to_keep=1)
+        next_tok = logits[:, -1].argmax(dim=-1)
+        for step in range(max_new_tokens):
+            for row, token in enumerate(next_tok.tolist()):
+                if not done[row]:
+                    if token in eos:
+                        done[row] = True
+                    else:
+                        tokens[row].append(token)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            # Finished rows keep decoding (their tokens are dropped): the batch keeps one shape.
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
+            logits, cache = model.forward(
+                next_tok[:, None].cpu(), attention_mask=mask, position_ids=(lengths + step)[:, None],
+                cache=cache, use_cache=True, logits_to_keep=1,
+            )
+            next_tok = logits[:, -1].argmax(dim=-1)
+    return tokens

@@ -1,0 +1,86 @@
+"""What the engine can read out of a target run, and what it returns.
+
+:class:`NextToken` and :class:`Generate` say what to read; :class:`Readings` holds what one run showed. The
+root package re-exports them as part of the paper's notation (:mod:`patchscopes.scope`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from patchscopes.errors import PatchscopesError
+
+
+@dataclass(frozen=True)
+class NextToken:
+    """Read the next-token distribution of the patched target run.
+
+    Attributes:
+        top_k: How many of the most likely tokens to keep.
+        full_logits: Also keep the full vector of logits (memory grows with the vocabulary).
+        position: The target position whose next-token distribution is read (default: the last token).
+            It must not come before the patch position, which could not affect it.
+    """
+
+    top_k: int = 10
+    full_logits: bool = False
+    position: int = -1
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Generate text from the patched target run.
+
+    The patch is applied once, while the target prompt is read (prefill); later tokens see it only
+    through the key/value cache.
+
+    Attributes:
+        max_new_tokens: The most tokens to generate.
+        do_sample: Sample instead of greedy decoding.
+        temperature: Sampling temperature.
+        top_k: Sample among the k most likely tokens only (0: no limit).
+        top_p: Nucleus sampling mass (1.0: no limit).
+        stop: Strings that end generation; the text is cut before the first one.
+        seed: Seed of the sampler, for reproducible samples.
+        top_tokens: How many tokens of the first generated position's distribution to report.
+    """
+
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    top_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) for s in stop):
+            raise PatchscopesError(f"stop strings must be strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+        if self.do_sample and not self.temperature > 0:
+            raise PatchscopesError(f"the sampling temperature must be positive, got {self.temperature}",
+                                   hint="use do_sample=False for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise PatchscopesError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise PatchscopesError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
+
+
+Readout = NextToken | Generate
+
+
+@dataclass
+class Readings:
+    """What one target run showed: the top-k next tokens and, for generation, the text."""
+
+    top_tokens: list[str]
+    top_token_ids: list[int]
+    top_probs: list[float]
+    generated_text: str | None = None
+    generated_token_ids: list[int] | None = None
+    logits: torch.Tensor | None = field(default=None, repr=False)

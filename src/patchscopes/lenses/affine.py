@@ -1,0 +1,124 @@
+"""The affine lens (the paper's "tuned lens" baseline; also early exit / linear shortcuts): a closed-form
+least-squares map with bias from h_l to h_{L-1}, with an optional ridge term, solved in float64."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from patchscopes.data.text import Document
+from patchscopes.errors import PatchscopesError
+from patchscopes.lenses.base import (
+    Lens,
+    identity_map,
+    model_identity,
+)
+from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
+from patchscopes.mappings import Affine
+from patchscopes.models import LanguageModel
+
+
+# -- affine lens -----------------------------------------------------------------------------------------
+class AffineAccumulator:
+    """Running sums for a least-squares affine map Y ≈ X Wᵀ + b, in float64."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        self.n = 0
+        self.sx = torch.zeros(d_in, dtype=torch.float64)
+        self.sy = torch.zeros(d_out, dtype=torch.float64)
+        self.sxx = torch.zeros(d_in, d_in, dtype=torch.float64)
+        self.sxy = torch.zeros(d_in, d_out, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add samples ``x`` ``(n, d_in)`` and ``y`` ``(n, d_out)``."""
+        x, y = x.to(torch.float64), y.to(torch.float64)
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += x.T @ x
+        self.sxy += x.T @ y
+
+    def solve(self, ridge: float = 0.0) -> Affine:
+        """The map minimizing mean ‖x Wᵀ + b − y‖² + ridge · ‖W‖² (the bias is not penalized)."""
+        if self.n == 0:
+            raise PatchscopesError("no samples to fit an affine map on")
+        if ridge < 0:
+            raise PatchscopesError(f"the ridge term must be non-negative, got {ridge}")
+        mx, my = self.sx / self.n, self.sy / self.n
+        cxx = self.sxx / self.n - torch.outer(mx, mx)
+        cxy = self.sxy / self.n - torch.outer(mx, my)
+        if ridge > 0:
+            cxx = cxx + ridge * torch.eye(cxx.shape[0], dtype=cxx.dtype)
+            solution = torch.linalg.solve(cxx, cxy)
+        else:
+            solution = torch.linalg.lstsq(cxx, cxy, driver="gelsd").solution
+        weight = solution.T.contiguous()
+        bias = my - weight @ mx
+        return Affine(weight.float(), bias.float())
+
+
+def fit_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> Affine:
+    """Closed-form least squares with bias: the :class:`Affine` f with f(x) ≈ y.
+
+    Args:
+        x: Inputs ``(n, d_in)``.
+        y: Targets ``(n, d_out)``.
+        ridge: λ in mean ‖f(x) − y‖² + λ‖W‖² (0: plain least squares, minimum-norm if underdetermined).
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise PatchscopesError(f"fit_affine needs x (n, d_in) and y (n, d_out), got {tuple(x.shape)}, {tuple(y.shape)}")
+    acc = AffineAccumulator(x.shape[1], y.shape[1])
+    acc.add(x, y)
+    return acc.solve(ridge)
+
+
+def fit_affine_lens(
+    model: LanguageModel,
+    documents: Sequence[Document | str],
+    *,
+    ridge: float = 0.0,
+    samples: int = 20000,
+    max_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+    extra_config: dict | None = None,
+) -> Lens:
+    """Fit the paper's affine lens: per layer l, least squares with bias from h_l to h_{L-1}.
+
+    Args:
+        model: The model.
+        documents: The fitting documents (never the evaluation documents).
+        ridge: λ of an optional ridge term on the weights (see :meth:`AffineAccumulator.solve`).
+        samples: How many hidden-state vectors to fit on (all text positions of shuffled windows).
+        max_tokens: Window length in tokens.
+        seed: Seed of the window order.
+        batch_size: Windows per forward pass.
+        progress: Show a progress bar.
+        extra_config: More entries for the saved config (e.g. the files and the split).
+
+    Returns:
+        The lens; the last layer's map is the identity.
+    """
+    data = plan_fit_data(model, documents, samples=samples, max_tokens=max_tokens, seed=seed)
+    last = model.num_layers - 1
+    d = model.hidden_size
+    accs = [AffineAccumulator(d, d) for _ in range(last)]
+    start = time.perf_counter()
+    for hidden in iter_hidden(model, data, batch_size=batch_size, progress=progress, desc="affine lens"):
+        y = hidden[:, last]
+        for layer, acc in enumerate(accs):
+            acc.add(hidden[:, layer], y)
+    maps = {layer: acc.solve(ridge) for layer, acc in enumerate(accs)}
+    maps[last] = identity_map(d)
+    config = {
+        "target_layer": last,
+        "model": model_identity(model),
+        "data": {**data.info(), "max_tokens": max_tokens, "seed": seed},
+        "ridge": ridge,
+        "seconds": round(time.perf_counter() - start, 1),
+        **(extra_config or {}),
+    }
+    return Lens("affine", maps, config, data.document_keys())
