@@ -19,10 +19,12 @@ TIERS = {
     "models": 0,
     "engine": 1,
     "root": 2,
+    "runs": 2,  # run directories, shards and executors: used by run/sweep and by everything above
     "data": 3,
     "lenses": 4,
     "experiments": 5,
     "cli": 6,
+    "serve": 6,  # the browser explorer: a front end like the CLI
 }
 LEAVES = {"patchscopes.errors"}
 FACADES = {"patchscopes"}
