@@ -1,18 +1,22 @@
-"""Running patchscopes: :func:`run` turns patchscopes into results with either engine."""
+"""Running patchscopes: :func:`run` turns patchscopes into results with either engine, here or on an executor,
+keeping finished shards in a run directory when given one."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-import torch
 from tqdm.auto import tqdm
 
-from patchscopes.engine import BatchBudget, Job, Readings, run_batched, run_reference, target_run
+from patchscopes.engine import BatchBudget, Job, Readings, target_run
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
 from patchscopes.results import PatchResult
+from patchscopes.runs.executors import ENGINES, Executor, LocalExecutor
+from patchscopes.runs.run_dir import RunDir, open_run_dir
+from patchscopes.runs.shards import DEFAULT_SHARD_SIZE, plan_shards, readings_to_records, records_to_readings
 from patchscopes.scope import Patchscope
 
 Engine = Literal["batched", "reference"]
@@ -26,6 +30,9 @@ def run(
     baseline: bool = False,
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
+    shard_size: int | None = None,
 ) -> list[PatchResult]:
     """Run one or many patchscopes.
 
@@ -37,27 +44,53 @@ def run(
         baseline: Also run each distinct target unpatched and attach it to every result.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
+        executor: Who runs the patches: :class:`~patchscopes.runs.LocalExecutor` (this process, the default) or
+            :class:`~patchscopes.runs.RayExecutor` (a Ray cluster, one model replica per worker).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): each finished shard is
+            written there, and a run given the same directory again skips the shards it finds.
+        shard_size: Patches per shard; by default all in one, or
+            :data:`~patchscopes.runs.DEFAULT_SHARD_SIZE` with a run directory or another executor.
 
     Returns:
         One :class:`~patchscopes.results.PatchResult` per scope, in order.
 
     Raises:
-        PatchscopesError: A scope is invalid (checked for all scopes before anything runs).
+        PatchscopesError: A scope is invalid (checked for all scopes before anything runs), or ``run_dir`` holds
+            another run.
     """
     scopes = [scopes] if isinstance(scopes, Patchscope) else list(scopes)
+    if engine not in ENGINES:
+        raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
+    if shard_size is not None and shard_size < 1:
+        raise PatchscopesError(f"shard_size must be at least 1, got {shard_size}")
     jobs = resolve_jobs(scopes, model)
+    executor = executor or LocalExecutor()
+    if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
+        shard_size = DEFAULT_SHARD_SIZE
+    shards = plan_shards(jobs, shard_size, engine)
+    models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model)))
+    store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
+                         models=models, data=[shard.key for shard in shards])
+    readings: list[Readings | None] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
-        with torch.no_grad():
-            if engine == "batched":
-                readings = run_batched(jobs, budget or BatchBudget(), progress=bar)
-            elif engine == "reference":
-                readings = run_reference(jobs, progress=bar)
+        todo = []
+        for shard in shards:
+            found = store.read_shard(shard.key) if store is not None else None
+            if found is not None and len(found[0]) == shard.stop - shard.start:
+                readings[shard.start: shard.stop] = records_to_readings(*found)
+                bar.update(shard.stop - shard.start)
             else:
-                raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
-            results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
-            if baseline:
-                attach_baselines(jobs, results)
+                todo.append(shard)
+        if todo:
+            for shard, shard_readings in executor.run_shards(scopes, jobs, todo, model=model, engine=engine,
+                                                             budget=budget, progress=bar):
+                if store is not None:
+                    store.write_shard(shard.key, *readings_to_records(shard_readings))
+                readings[shard.start: shard.stop] = shard_readings
+        results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
+        if baseline:
+            attach_baselines(jobs, results)
     finally:
         bar.close()
     return results
