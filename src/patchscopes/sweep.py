@@ -7,6 +7,7 @@ values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tab
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -16,6 +17,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.presets import Preset, get_preset
 from patchscopes.results import results_to_frame
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir
 from patchscopes.scope import Patchscope, Readout, Source
 from patchscopes.specs import Spec, parse_spec
 
@@ -100,10 +102,14 @@ def sweep(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
+    shard_size: int | None = None,
 ) -> pd.DataFrame:
     """Run a sweep and return one row per patch.
 
-    Takes the arguments of :func:`plan_sweep` and of :func:`~patchscopes.runner.run`. Columns: the
+    Takes the arguments of :func:`plan_sweep` and of :func:`~patchscopes.runner.run` (``executor``, ``run_dir``
+    and ``shard_size`` included: a sweep can run on a Ray cluster and resume after a kill). Columns: the
     source and target coordinates (``source_layer``, ``source_position``, ``source_token``,
     ``target_layer``, ``target_position``...), ``top_token``, ``top_tokens``, ``top_token_ids``,
     ``top_probs``, ``generated_text`` (generation only) and the ``baseline_*`` columns when
@@ -118,7 +124,8 @@ def sweep(
         target_prompt=target_prompt, target_model=target_model, mapping=mapping, readout=readout,
         top_k=top_k, max_new_tokens=max_new_tokens,
     )
-    results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress)
+    results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress,
+                  executor=executor, run_dir=run_dir, shard_size=shard_size)
     frame = results_to_frame(results)
     frame.insert(0, "scope", get_preset(scope).name)
     return frame

@@ -54,6 +54,7 @@ from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
@@ -308,6 +309,8 @@ def evaluate_attributes(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> AttributeResults:
     """Run the attribute-extraction experiment on ``relations``.
 
@@ -338,6 +341,10 @@ def evaluate_attributes(
         engine: ``"batched"`` or ``"reference"`` for the patchscope runs.
         budget: Micro-batch limits of the batched engine.
         progress: Show progress bars.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         An :class:`AttributeResults`; ``.summary()`` is the paper's Table 2.
@@ -345,6 +352,8 @@ def evaluate_attributes(
     Raises:
         PatchscopesError: Bad options or relation files; a relation without a usable target prompt.
     """
+    store = open_run_dir(run_dir, command="evaluate_attributes", models=[model], data=[relations, corpus],
+                         settings=settings_of(locals(), exclude=("model", "relations", "corpus")))
     start = time.perf_counter()
     if max_samples is not None and max_samples < 1:
         raise PatchscopesError(f"max_samples must be at least 1, got {max_samples}")
@@ -387,7 +396,7 @@ def evaluate_attributes(
             try:
                 results = knows_fact(model, [relation.verbalize(p[0], prompt) for p in pairs], [p[1] for p in pairs],
                                      aliases=[p[2] for p in pairs], max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, progress=bar)
+                                     batch_size=batch_size, progress=bar, run_dir=store)
             finally:
                 bar.close()
             known = {p for p, r in zip(pairs, results) if r.known}
@@ -420,7 +429,8 @@ def evaluate_attributes(
         # The patchscope on its samples, all (l, l*) pairs, in one call of the engine.
         scopes = [Patchscope(Source(s.text, layer, s.position), Target(prompt, t_layer, "x"), readout)
                   for s in chosen for layer in src_layers for t_layer in tgt_layers]
-        results = run(scopes, model, engine=engine, budget=budget, progress=progress) if scopes else []
+        results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store,
+                      progress=progress) if scopes else []
         for index, s in enumerate(chosen_probe):
             sample_rows.append({"relation": relation.name, "sample": index, "subject": s.subject, "object": s.object,
                                 "kind": s.kind, "source_text": s.text, "source_position": s.position,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -38,6 +39,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.plots import rgba
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
 from patchscopes.specs import parse_spec
 
@@ -95,6 +97,8 @@ def description_samples(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """Describe every entity at every (l, l*, f) pair and score the descriptions.
 
@@ -111,6 +115,10 @@ def description_samples(
         engine: ``"batched"`` or ``"reference"``.
         budget: Micro-batch limits of the batched engine.
         progress: Show progress bars.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         One row per (entity, pair), columns :data:`SAMPLE_COLUMNS`; ``attrs`` holds the settings.
@@ -119,6 +127,9 @@ def description_samples(
         PatchscopesError: No entity or pair, a prompt without placeholder, an unknown reference kind, or an
             invalid layer or mapping (checked before anything runs).
     """
+    store = open_run_dir(run_dir, command="description_samples", models=[source_model, target_model or source_model],
+                         data=entities, settings=settings_of(locals(), exclude=("source_model", "target_model",
+                                                                                 "entities")))
     start = time.perf_counter()
     entities = list(entities)
     if not entities:
@@ -144,12 +155,14 @@ def description_samples(
             scopes.append(Patchscope(Source(entity.name, layer, -1, model=source_model),
                                      Target(prompt, target_layer, "x", mapping=mapping, model=other), readout))
             keys.append((entity, layer, target_layer))
-    results = run(scopes, source_model, engine=engine, budget=budget, progress=progress)
+    results = run(scopes, source_model, engine=engine, budget=budget, executor=executor, run_dir=store,
+                  progress=progress)
 
     references: dict[str, str | None]
     if reference == "self":
         references = self_descriptions(target, [e.name for e in entities], prompt=prompt,
-                                       max_new_tokens=max_new_tokens, engine=engine, budget=budget)
+                                       max_new_tokens=max_new_tokens, engine=engine, budget=budget,
+                                       executor=executor, run_dir=store)
     else:
         references = {e.name: e.reference for e in entities}
     generated = [r.generated_text or "" for r in results]
@@ -181,6 +194,8 @@ def self_descriptions(
     max_new_tokens: int = 50,
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
+    executor: Executor | None = None,
+    run_dir: RunDir | None = None,
 ) -> dict[str, str]:
     """The model's own description of each name: ``prompt`` with the name in place of ``x``, unpatched.
 
@@ -194,7 +209,7 @@ def self_descriptions(
     for name in unique:
         text = self_prompt(prompt, name)
         scopes.append(Patchscope(Source(text, last, -1), Target(text, last, -1), readout))
-    results = run(scopes, model, engine=engine, budget=budget)
+    results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=run_dir)
     return {name: clean_description(r.generated_text or "") for name, r in zip(unique, results)}
 
 

@@ -18,7 +18,7 @@ this package, never the reverse. Ray is imported only when a :class:`RayExecutor
 from patchscopes.runs.executors import Executor, LocalExecutor, execute_jobs
 from patchscopes.runs.fingerprint import fingerprint, model_identity
 from patchscopes.runs.ray_executor import ModelSpec, RayExecutor
-from patchscopes.runs.run_dir import RunDir, open_run_dir
+from patchscopes.runs.run_dir import RunDir, open_run_dir, settings_of
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "fingerprint",
     "model_identity",
     "open_run_dir",
+    "settings_of",
 ]

@@ -197,3 +197,13 @@ def open_run_dir(
     if run_dir is None or isinstance(run_dir, RunDir):
         return run_dir
     return RunDir.open(run_dir, command=command, settings=settings, models=models, data=data)
+
+
+NOT_SETTINGS = ("executor", "run_dir", "progress")
+"""Arguments that never change a run's results, left out of its manifest."""
+
+
+def settings_of(arguments: dict, exclude: Sequence[str] = ()) -> dict:
+    """A function's arguments (its ``locals()`` on entry) as run settings, without those that do not change the
+    results (:data:`NOT_SETTINGS`) and those in ``exclude`` (models and data, recorded on their own)."""
+    return {k: v for k, v in arguments.items() if k not in NOT_SETTINGS and k not in exclude}
