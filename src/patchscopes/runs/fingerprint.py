@@ -101,7 +101,8 @@ def model_identity(model: LanguageModel) -> dict:
     for name, param in model.hf.named_parameters():
         flat = param.detach().reshape(-1)
         n = flat.numel()
-        index = torch.linspace(0, max(0, n - 1), min(n, _SAMPLES_PER_TENSOR)).long().to(flat.device)
+        k = min(n, _SAMPLES_PER_TENSOR)
+        index = (torch.arange(k, dtype=torch.long) * max(0, n - 1) // max(1, k - 1)).to(flat.device)
         sample = flat[index].cpu().contiguous()
         digest.update(f"{name}{param.dtype}{tuple(param.shape)}".encode())
         digest.update(sample.view(torch.uint8).numpy().tobytes())

@@ -116,6 +116,8 @@ class RayExecutor:
         cpus_per_worker: CPUs per actor (also its torch threads on CPU).
         in_flight: Shards queued on each actor at once (2 keeps a GPU busy while the next shard travels).
         max_restarts: Dead actors replaced before the run gives up.
+        start_timeout: Seconds the workers may take to start and load their models before the run gives up (a
+            cluster without the CPUs or GPUs asked for would otherwise wait for ever).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class RayExecutor:
         cpus_per_worker: float = 1,
         in_flight: int = 2,
         max_restarts: int = 3,
+        start_timeout: float = 1800,
     ) -> None:
         if workers is not None and workers < 1:
             raise PatchscopesError(f"workers must be at least 1, got {workers}")
@@ -140,6 +143,7 @@ class RayExecutor:
         self.cpus_per_worker = cpus_per_worker
         self.in_flight = in_flight
         self.max_restarts = max_restarts
+        self.start_timeout = start_timeout
         self.actors: list = []
         self.restarts = 0
         self._specs: dict[str, ModelSpec] = {}
@@ -190,7 +194,16 @@ class RayExecutor:
     def _check(self, actors: Sequence, names: Sequence[str]) -> None:
         ray = self._ray()
         asked = [(name, actor.identity.remote(name)) for actor in actors for name in names]
-        for (name, _), identity in zip(asked, ray.get([ref for _, ref in asked])):
+        try:
+            identities = ray.get([ref for _, ref in asked], timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError as err:
+            raise PatchscopesError(
+                f"{len(actors)} Ray worker(s) did not start and load their models within {self.start_timeout:g} s",
+                hint=f"the cluster may lack the resources asked for ({self.cpus_per_worker} CPUs and "
+                f"{self.gpus_per_worker if self.gpus_per_worker is not None else 'one GPU where there are'} GPUs per "
+                "worker; see `ray status`): use fewer workers",
+            ) from err
+        for (name, _), identity in zip(asked, identities):
             if identity != self._identities[name]:
                 differ = sorted(k for k in identity if identity[k] != self._identities[name].get(k))
                 raise PatchscopesError(
