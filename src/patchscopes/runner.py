@@ -67,7 +67,7 @@ def run(
     executor = executor or LocalExecutor()
     if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
         shard_size = DEFAULT_SHARD_SIZE
-    shards = plan_shards(jobs, shard_size, engine)
+    shards = plan_shards(jobs, shard_size, engine, keyed=run_dir is not None)
     models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model)))
     store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
                          models=models, data=[shard.key for shard in shards])

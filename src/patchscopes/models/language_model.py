@@ -41,6 +41,7 @@ class LanguageModel:
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._accepts_logits_to_keep = "logits_to_keep" in params
+        self._token_texts: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -80,8 +81,17 @@ class LanguageModel:
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Each token decoded on its own."""
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+        """Each token decoded on its own (each id decoded once per model, then remembered: a sweep reads the
+        same few thousand tokens hundreds of thousands of times)."""
+        known = self._token_texts
+        out = []
+        for i in ids:
+            i = int(i)
+            text = known.get(i)
+            if text is None:
+                text = known[i] = self.tokenizer.decode([i])
+            out.append(text)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens."""

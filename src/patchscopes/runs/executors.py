@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from patchscopes.engine import BatchBudget, Job, Readings, run_batched, run_reference
+from patchscopes.engine import BatchBudget, Job, Readings, device_budget, run_batched, run_reference
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.runs.shards import Shard
@@ -22,10 +22,16 @@ ENGINES = ("batched", "reference")
 
 
 def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, progress=None) -> list[Readings]:
-    """Run resolved jobs in this process with ``engine`` (``"batched"`` or ``"reference"``)."""
+    """Run resolved jobs in this process with ``engine`` (``"batched"`` or ``"reference"``).
+
+    Without a ``budget``, the batched engine's is sized for where the models are
+    (:func:`~patchscopes.engine.device_budget`: the CPU default, or large batches within the GPU's free memory).
+    """
     with torch.no_grad():
         if engine == "batched":
-            return run_batched(jobs, budget or BatchBudget(), progress=progress)
+            if budget is None:
+                budget = device_budget(list({m for j in jobs for m in (j.source_model, j.target_model)}))
+            return run_batched(jobs, budget, progress=progress)
         if engine == "reference":
             return run_reference(jobs, progress=progress)
     raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")

@@ -7,13 +7,15 @@ makes one per relation or method) and a shard is never read back for other work.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from patchscopes.engine import Job, Readings
-from patchscopes.runs.fingerprint import canonical, fingerprint
+from patchscopes.runs.fingerprint import canonical
 
 DEFAULT_SHARD_SIZE = 256
 """Patches per shard when a run directory or a parallel executor is used: small enough to lose little to a
@@ -30,21 +32,36 @@ class Shard:
     key: str
 
 
-def plan_shards(jobs: Sequence[Job], shard_size: int | None, engine: str) -> list[Shard]:
-    """Cut ``jobs`` into consecutive shards of at most ``shard_size`` (``None``: one shard)."""
+def plan_shards(jobs: Sequence[Job], shard_size: int | None, engine: str, *, keyed: bool = True) -> list[Shard]:
+    """Cut ``jobs`` into consecutive shards of at most ``shard_size`` (``None``: one shard).
+
+    Args:
+        jobs: The resolved jobs.
+        shard_size: The most jobs per shard.
+        engine: The engine (part of the keys).
+        keyed: Fingerprint each shard's jobs (only a run directory needs the keys; they are ``""`` otherwise).
+    """
     size = shard_size or max(1, len(jobs))
-    mappings: dict[int, object] = {}
-    keys = []
-    for job in jobs:
-        if id(job.mapping) not in mappings:
-            mappings[id(job.mapping)] = canonical(job.mapping)
-        keys.append([
-            job.source_model.name, job.source_ids, job.source_layer, job.source_position,
-            job.target_model.name, job.target_ids, job.target_layer, job.target_position,
-            mappings[id(job.mapping)], canonical(job.readout), job.readout_position,
-        ])
-    return [Shard(k, start, min(start + size, len(jobs)), fingerprint([engine, keys[start: start + size]]))
-            for k, start in enumerate(range(0, len(jobs), size))]
+    starts = range(0, len(jobs), size)
+    if not keyed:
+        return [Shard(k, start, min(start + size, len(jobs)), "") for k, start in enumerate(starts)]
+    described: dict[int, object] = {}  # canonical forms of mappings and readouts, computed once each
+
+    def describe(value: object) -> object:
+        if id(value) not in described:
+            described[id(value)] = canonical(value)
+        return described[id(value)]
+
+    keys = [[job.source_model.name, job.source_ids, job.source_layer, job.source_position,
+             job.target_model.name, job.target_ids, job.target_layer, job.target_position,
+             describe(job.mapping), describe(job.readout), job.readout_position] for job in jobs]
+    return [Shard(k, start, min(start + size, len(jobs)), _digest([engine, keys[start: start + size]]))
+            for k, start in enumerate(starts)]
+
+
+def _digest(value: object) -> str:
+    """SHA-256 of JSON-ready ``value`` (already canonical: no need to walk it again)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def readings_to_records(readings: Sequence[Readings]) -> tuple[list[dict], dict[str, torch.Tensor]]:
