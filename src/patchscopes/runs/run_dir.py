@@ -6,6 +6,7 @@ Layout of a run directory::
     DIR/shards/<key>.jsonl         one JSON record per job of a finished shard, keyed by the shard's content
     DIR/shards/<key>.safetensors   the shard's tensors (full logits), where it has any
     DIR/steps/<key>.json           results of other finished steps (a fact check, say)
+DIR/states/<name>.safetensors  the latest saved state of a long computation (a fit's running sums)
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed over its final name,
 so a reader sees either nothing or the whole file: a shard cut off by a kill is missing and is redone, never
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from patchscopes.errors import PatchscopesError
@@ -165,6 +167,27 @@ class RunDir:
         value = compute()
         write_text_atomic(file, json.dumps(value, ensure_ascii=False))
         return json.loads(json.dumps(value))  # the same form a resumed run reads back
+
+
+    # -- states of long computations ---------------------------------------------------------------------------
+    def save_state(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Save the state of a long computation (tensors, and JSON-ready ``meta``), replacing the previous one."""
+        atomic_write(self.path / "states" / f"{name}.safetensors",
+                     lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                                           metadata={"state": json.dumps(meta)}))
+
+    def load_state(self, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The state saved last under ``name`` (tensors, meta), or ``None``."""
+        file = self.path / "states" / f"{name}.safetensors"
+        if not file.is_file():
+            return None
+        with safe_open(str(file), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["state"])
+        return load_file(file), meta
+
+    def file(self, name: str) -> Path:
+        """A path in the run directory for a step that keeps its own file (a tuned lens's checkpoint)."""
+        return self.path / name
 
 
 def _describe_difference(old: dict, new: dict, differ: list[str]) -> str:
