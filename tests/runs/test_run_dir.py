@@ -122,23 +122,24 @@ def test_an_affine_fit_resumes_from_its_saved_sums(tmp_path, tiny_llama, monkeyp
     docs = [f"Document {k}: the quick brown fox jumps over the lazy dog number {k}." for k in range(12)]
     options = dict(samples=300, max_tokens=16, batch_size=2)
     whole = affine.fit_affine_lens(tiny_llama, docs, **options)
-    # A fit killed after its first save: the run directory holds the sums of the first batches only.
-    run = RunDir.open(tmp_path / "run", command="fit_affine_lens", models=[tiny_llama], data=docs,
-                      settings=dict(ridge=0.0, samples=300, max_tokens=16, seed=0, batch_size=2))
-    data = affine.plan_fit_data(tiny_llama, docs, samples=300, max_tokens=16, seed=0)
-    accs = [affine.AffineAccumulator(32, 32) for _ in range(tiny_llama.num_layers - 1)]
-    for done, hidden in enumerate(iter_hidden(tiny_llama, data, batch_size=2), start=1):
-        for layer, acc in enumerate(accs):
-            acc.add(hidden[:, layer], hidden[:, -1])
-        if done == affine.CHECKPOINT_BATCHES:
-            break
-    run.save_state("affine-lens", {k: v for layer, acc in enumerate(accs) for k, v in acc.state(f"{layer}.").items()},
-                   {"batches": done})
-    skipped = []
-    monkeypatch.setattr(affine, "iter_hidden", lambda *a, skip=0, **k: skipped.append(skip) or iter_hidden(
-        *a, skip=skip, **k))
-    resumed = affine.fit_affine_lens(tiny_llama, docs, run_dir=run, **options)
-    assert skipped == [affine.CHECKPOINT_BATCHES]
+
+    def killed_after(batches: int):
+        def reading(*args, skip=0, **kwargs):
+            skipped.append(skip)
+            for k, hidden in enumerate(iter_hidden(*args, skip=skip, **kwargs)):
+                if k == batches:
+                    raise KeyboardInterrupt  # the kill: nothing after this batch is saved
+                yield hidden
+        return reading
+
+    skipped: list[int] = []
+    monkeypatch.setattr(affine, "CHECKPOINT_SECONDS", 0.0)  # save after every batch
+    monkeypatch.setattr(affine, "iter_hidden", killed_after(3))
+    with pytest.raises(KeyboardInterrupt):
+        affine.fit_affine_lens(tiny_llama, docs, run_dir=tmp_path / "run", **options)
+    monkeypatch.setattr(affine, "iter_hidden", killed_after(10**6))
+    resumed = affine.fit_affine_lens(tiny_llama, docs, run_dir=tmp_path / "run", **options)
+    assert skipped == [0, 3]
     for layer in range(tiny_llama.num_layers):
         assert resumed.maps[layer].weight.equal(whole.maps[layer].weight)
         assert resumed.maps[layer].bias.equal(whole.maps[layer].bias)

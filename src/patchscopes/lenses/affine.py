@@ -21,8 +21,9 @@ from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
 
-CHECKPOINT_BATCHES = 8
-"""Batches of hidden states between two saves of an affine fit's running sums in its run directory."""
+CHECKPOINT_SECONDS = 60.0
+"""Seconds between two saves of an affine fit's running sums in its run directory (the sums of a 7B model take
+gigabytes: saving after every batch would cost more than the batches)."""
 
 
 # -- affine lens -----------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def fit_affine_lens(
         progress: Show a progress bar.
         extra_config: More entries for the saved config (e.g. the files and the split).
         run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the running sums are
-            saved there every :data:`CHECKPOINT_BATCHES` batches, and a fit given it again goes on from them.
+            saved there every :data:`CHECKPOINT_SECONDS` seconds, and a fit given it again goes on from them.
 
     Returns:
         The lens; the last layer's map is the identity.
@@ -133,11 +134,13 @@ def fit_affine_lens(
     for layer, acc in enumerate(accs if saved is not None else []):
         acc.restore(saved[0], f"{layer}.")
     batches = iter_hidden(model, data, batch_size=batch_size, progress=progress, desc="affine lens", skip=resumed)
+    saved_at = time.monotonic()
     for done, hidden in enumerate(batches, start=resumed + 1):
         y = hidden[:, last]
         for layer, acc in enumerate(accs):
             acc.add(hidden[:, layer], y)
-        if store is not None and done % CHECKPOINT_BATCHES == 0:
+        if store is not None and time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
+            saved_at = time.monotonic()
             sums = {k: v for layer, acc in enumerate(accs) for k, v in acc.state(f"{layer}.").items()}
             store.save_state("affine-lens", sums, {"batches": done})
     maps = {layer: acc.solve(ridge) for layer, acc in enumerate(accs)}
