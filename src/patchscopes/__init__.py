@@ -60,6 +60,7 @@ from patchscopes.presets import (
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
+from patchscopes.runs import Executor, LocalExecutor, ModelSpec, RayExecutor, RunDir
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
@@ -82,19 +83,24 @@ __all__ = [
     "CrossModelMap",
     "Entity",
     "EntitySet",
+    "Executor",
     "FunctionMapping",
     "Generate",
     "Identity",
     "LanguageModel",
     "Lens",
+    "LocalExecutor",
     "Mapping",
+    "ModelSpec",
     "NextToken",
     "PatchResult",
     "Patchscope",
     "PatchscopesError",
     "Preset",
+    "RayExecutor",
     "Readings",
     "Relation",
+    "RunDir",
     "SentenceEmbedder",
     "Source",
     "Target",

@@ -48,6 +48,22 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             encoded[key] = list(prompt)
         return encoded[key]
 
+    # A sweep repeats the same few layers, prompts and positions thousands of times: each is checked once.
+    layers: dict[tuple, int] = {}
+    positions: dict[tuple, int] = {}
+
+    def layer_of(m: LanguageModel, layer: int, what: str) -> int:
+        key = (id(m), layer, what, type(layer))
+        if key not in layers:
+            layers[key] = m.check_layer(layer, what)
+        return layers[key]
+
+    def position_of(m: LanguageModel, prompt, ids: list[int], position: int | str, what: str) -> int:
+        key = (id(m), prompt if isinstance(prompt, str) else tuple(prompt), position, what, type(position))
+        if key not in positions:
+            positions[key] = resolve_position(m, prompt, ids, position, what)
+        return positions[key]
+
     def text(m: LanguageModel, prompt: str | tuple[int, ...]) -> str | None:
         if isinstance(prompt, str):
             return None
@@ -69,14 +85,14 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         tgt_model = tgt.model or src.model or model
         src_ids = encode(src_model, src.prompt, "source prompt")
         tgt_ids = encode(tgt_model, tgt.prompt, "target prompt")
-        src_layer = src_model.check_layer(src.layer, "source layer")
-        tgt_layer = tgt_model.check_layer(tgt.layer, "target layer")
-        src_pos = resolve_position(src_model, src.prompt, src_ids, src.position, "source position")
-        tgt_pos = resolve_position(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
+        src_layer = layer_of(src_model, src.layer, "source layer")
+        tgt_layer = layer_of(tgt_model, tgt.layer, "target layer")
+        src_pos = position_of(src_model, src.prompt, src_ids, src.position, "source position")
+        tgt_pos = position_of(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
-            readout_pos = resolve_position(tgt_model, tgt.prompt, tgt_ids, readout.position, "readout position")
+            readout_pos = position_of(tgt_model, tgt.prompt, tgt_ids, readout.position, "readout position")
             if readout_pos < tgt_pos:
                 raise PatchscopesError(
                     f"the readout position {readout_pos} comes before the target position {tgt_pos}, "

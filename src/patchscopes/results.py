@@ -78,7 +78,7 @@ class PatchResult:
     def to_record(self) -> dict:
         """A flat, JSON-safe dict (no tensors)."""
         # (not dataclasses.asdict: it would deep-copy the readings, logits included, only to drop them)
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("readings", "baseline")}
+        record = {name: getattr(self, name) for name in _COORDINATES}
         r = self.readings
         record.update(
             top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,
@@ -92,6 +92,9 @@ class PatchResult:
             baseline_generated_text=None if b is None else b.generated_text,
         )
         return record
+
+
+_COORDINATES = tuple(f.name for f in fields(PatchResult) if f.name not in ("readings", "baseline"))
 
 
 def results_to_frame(results: list[PatchResult]) -> pd.DataFrame:

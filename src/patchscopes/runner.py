@@ -68,7 +68,7 @@ def run(
     if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
         shard_size = DEFAULT_SHARD_SIZE
     shards = plan_shards(jobs, shard_size, engine, keyed=run_dir is not None)
-    models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model)))
+    models = list({job.source_model: None for job in jobs} | {job.target_model: None for job in jobs})
     store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
                          models=models, data=[shard.key for shard in shards])
     readings: list[Readings | None] = [None] * len(jobs)
