@@ -143,3 +143,13 @@ def test_an_affine_fit_resumes_from_its_saved_sums(tmp_path, tiny_llama, monkeyp
     for layer in range(tiny_llama.num_layers):
         assert resumed.maps[layer].weight.equal(whole.maps[layer].weight)
         assert resumed.maps[layer].bias.equal(whole.maps[layer].bias)
+
+
+def test_a_model_loaded_with_device_auto_works_with_run_dirs(tmp_path, tiny_llama, same_readings):
+    tiny_llama.hf.save_pretrained(tmp_path / "model")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "model")
+    spread = ps.load_model(str(tmp_path / "model"), device="auto")  # accelerate's device map (all CPU here)
+    scopes = ps.plan_sweep(spread, PROMPTS, "token-identity", layers="0,2", positions="-3:")
+    kept = ps.run(scopes, spread, run_dir=tmp_path / "run", shard_size=4)
+    same_readings(kept, ps.run(scopes, tiny_llama), atol=1e-5)
+    same_readings(ps.run(scopes, spread, run_dir=tmp_path / "run", shard_size=4), kept, exact=True)
