@@ -28,6 +28,7 @@ from patchscopes.sweep import sweep
 
 @app.command("inspect", short_help="Read every hidden state of a prompt through a patchscope.")
 @opt.runtime_options()
+@opt.run_options()
 def inspect_command(
     prompt: Annotated[
         str, typer.Argument(metavar="PROMPT", show_default=False, help="The source prompt S whose hidden states are "
@@ -71,15 +72,18 @@ def inspect_command(
         bool, typer.Option("--baseline/--no-baseline", help="Also run each target unpatched and show it.")
     ] = False,
     batch_rows: Annotated[
-        int, typer.Option("--batch-rows", metavar="N", callback=opt.at_least(1),
-                          help="The most patches run in one forward pass.")
-    ] = BatchBudget.rows,
+        int | None, typer.Option("--batch-rows", metavar="N", callback=opt.at_least(1), show_default=False,
+                                 help="The most patches run in one forward pass.  [default: 256 on a CPU, "
+                                 "4096 on a GPU]")
+    ] = None,
     batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", metavar="N", callback=opt.at_least(1),
-                          help="The most tokens (rows × tokens per row) in one forward pass.")
-    ] = BatchBudget.tokens,
+        int | None, typer.Option("--batch-tokens", metavar="N", callback=opt.at_least(1), show_default=False,
+                                 help="The most tokens (rows × tokens per row) in one forward pass.  [default: "
+                                 "16384 on a CPU, 262144 on a GPU]")
+    ] = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Patch each hidden state of PROMPT (layers × positions) into a target run and show what it reads.
 
@@ -92,6 +96,7 @@ def inspect_command(
       patchscopes inspect "Leonardo DiCaprio" --scope description \\
           --layers 0:10 --positions -1 --html out.html
     """
+    arguments = dict(locals())
     # Check everything that does not need the model before loading it.
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='give a source prompt, e.g. "The Eiffel Tower is in Paris"')
@@ -101,11 +106,14 @@ def inspect_command(
     _check_suffix(html_path, "--html", (".html", ".htm"))
 
     lm = runtime.load(model)
+    budget = None if batch_rows is None and batch_tokens is None else BatchBudget(
+        rows=batch_rows or BatchBudget.rows, tokens=batch_tokens or BatchBudget.tokens)  # default: the device's
+    store = runs.open("inspect", arguments, runtime, [lm])
     try:
         frame = sweep(
             lm, prompt, scope, layers=layers, positions=positions, target_layers=target_layer,
             target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens, baseline=baseline,
-            engine=runtime.engine, progress=True, budget=BatchBudget(rows=batch_rows, tokens=batch_tokens),  # type: ignore[arg-type]
+            engine=runtime.engine, progress=True, budget=budget, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
         )
     except torch.cuda.OutOfMemoryError as err:
         raise PatchscopesError(

@@ -285,7 +285,8 @@ def cross_model_descriptions(
         layers: Source layers l (default: all the map has).
         target_layers: Target layers l* (default: all the map has).
         same_model: Also describe with A alone at l* = l (``mapping = "identity"`` rows), for comparison.
-        **options: Options of :func:`~patchscopes.experiments.entities.description_samples`.
+        **options: Options of :func:`~patchscopes.experiments.entities.description_samples` (a ``run_dir`` path
+            is opened once, for both of its calls).
 
     Returns:
         One row per (entity, pair) with the columns of
@@ -293,6 +294,10 @@ def cross_model_descriptions(
         ``same-model``).
     """
     cmap.check_models(source, target)
+    options["run_dir"] = open_run_dir(options.get("run_dir"), command="cross_model_descriptions",
+                                      models=[source, target], data=entities,
+                                      settings=settings_of({**locals(), **options}, exclude=(
+                                          "source", "target", "entities", "options")))
     pairs = _pairs(cmap, source, target, layers, target_layers)
     cross = description_samples(source, entities, [(a, b, cmap.mapping(a, b)) for a, b in pairs],
                                 target_model=target, **options)
