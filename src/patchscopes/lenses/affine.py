@@ -91,6 +91,11 @@ def fit_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> Affine:
     return acc.solve(ridge)
 
 
+def _save_sums(store: RunDir, accs: Sequence[AffineAccumulator], batches: int) -> None:
+    sums = {k: v for layer, acc in enumerate(accs) for k, v in acc.state(f"{layer}.").items()}
+    store.save_state("affine-lens", sums, {"batches": batches})
+
+
 def fit_affine_lens(
     model: LanguageModel,
     documents: Sequence[Document | str],
@@ -134,15 +139,16 @@ def fit_affine_lens(
     for layer, acc in enumerate(accs if saved is not None else []):
         acc.restore(saved[0], f"{layer}.")
     batches = iter_hidden(model, data, batch_size=batch_size, progress=progress, desc="affine lens", skip=resumed)
-    saved_at = time.monotonic()
+    saved_at, done = time.monotonic(), resumed
     for done, hidden in enumerate(batches, start=resumed + 1):
         y = hidden[:, last]
         for layer, acc in enumerate(accs):
             acc.add(hidden[:, layer], y)
         if store is not None and time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
             saved_at = time.monotonic()
-            sums = {k: v for layer, acc in enumerate(accs) for k, v in acc.state(f"{layer}.").items()}
-            store.save_state("affine-lens", sums, {"batches": done})
+            _save_sums(store, accs, done)
+    if store is not None and done > resumed:
+        _save_sums(store, accs, done)  # all of them: a run again only solves
     maps = {layer: acc.solve(ridge) for layer, acc in enumerate(accs)}
     maps[last] = identity_map(d)
     config = {
