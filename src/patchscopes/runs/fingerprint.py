@@ -90,6 +90,19 @@ def fingerprint(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def model_shape(model: LanguageModel) -> dict:
+    """A model's name, family and sizes (layers, width, vocabulary)."""
+    return {"name": model.name, "family": model.arch.spec.name, "num_layers": model.num_layers,
+            "hidden_size": model.hidden_size, "vocab_size": model.vocab_size}
+
+
+def spaced_sample(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` evenly spaced elements of a flat tensor, the first and the last included (all if it has fewer)."""
+    n = flat.numel()
+    k = min(n, k)
+    return flat[(torch.arange(k, dtype=torch.long) * max(0, n - 1) // max(1, k - 1)).to(flat.device)]
+
+
 def model_identity(model: LanguageModel) -> dict:
     """What tells one model from another: name, family, sizes, dtype, config and a fingerprint of its weights.
 
@@ -99,22 +112,14 @@ def model_identity(model: LanguageModel) -> dict:
     """
     digest = hashlib.sha256()
     for name, param in model.hf.named_parameters():
-        flat = param.detach().reshape(-1)
-        n = flat.numel()
-        k = min(n, _SAMPLES_PER_TENSOR)
-        index = (torch.arange(k, dtype=torch.long) * max(0, n - 1) // max(1, k - 1)).to(flat.device)
-        sample = flat[index].cpu().contiguous()
+        sample = spaced_sample(param.detach().reshape(-1), _SAMPLES_PER_TENSOR).cpu().contiguous()
         digest.update(f"{name}{param.dtype}{tuple(param.shape)}".encode())
         digest.update(sample.view(torch.uint8).numpy().tobytes())
     config = model.hf.config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash"):
         config.pop(volatile, None)
     return {
-        "name": model.name,
-        "family": model.arch.spec.name,
-        "num_layers": model.num_layers,
-        "hidden_size": model.hidden_size,
-        "vocab_size": model.vocab_size,
+        **model_shape(model),
         "dtype": str(model.dtype),
         "config": fingerprint(config),
         "tokenizer": fingerprint(model.tokenizer.get_vocab()),
