@@ -71,7 +71,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not all(p.is_file() for p in RELATIONS), reason="the paper's preprocessed relations are absent")
 def test_eval_attributes_killed_part_way_resumes_to_the_uninterrupted_result(tmp_path, killed, count_files):
     args = ["eval", "attributes", "--model", "smollm2-135m", "--relations", *map(str, RELATIONS),
-            "--max-samples", "6", "--layers", "0:30:10", "--target-layers", "0,3", "--max-new-tokens", "10"]
+            "--max-samples", "6", "--source-layers", "0:30:10", "--target-layers", "0,3", "--max-new-tokens", "10"]
     run_dir = tmp_path / "run"
     killed(cli(*args, "--run-dir", str(run_dir), "--json", str(tmp_path / "killed.json")), run_dir, after=1)
     assert count_files(run_dir) >= 1 and not (tmp_path / "killed.json").exists()
