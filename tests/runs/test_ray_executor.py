@@ -92,3 +92,13 @@ def test_smollm2_sweep_on_ray_equals_one_process(smollm2, executor):
     on_ray = ps.sweep(smollm2, PROMPTS[0], "token-identity", layers="0:30:6", shard_size=8, executor=executor)
     assert on_ray["top_token"].tolist() == local["top_token"].tolist()
     assert on_ray["top_probs"].tolist() == local["top_probs"].tolist()
+
+
+def test_an_experiment_on_ray_equals_one_process(tmp_path, saved_tiny, executor):
+    from patchscopes.experiments.next_token import next_token_samples
+
+    docs = ["The quick brown fox jumps over the lazy dog. " * 3, "A stitch in time saves nine. " * 3]
+    options = dict(samples=6, methods=["logit-lens", "token-identity"], max_tokens=24, batch_samples=3)
+    here = next_token_samples(saved_tiny, docs, run_dir=tmp_path / "here", **options)  # the same shards as on Ray
+    there = next_token_samples(saved_tiny, docs, executor=executor, run_dir=tmp_path / "there", **options)
+    assert there.equals(here)
