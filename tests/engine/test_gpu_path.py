@@ -50,3 +50,13 @@ def test_bench_gpu_runs_its_small_shape_on_a_cpu(tmp_path):
     assert report["floor_s"] > 0 and report["forward_tokens_per_s"] > 0
     naive = report["naive"]
     assert naive["compared"] >= 1 and naive["agree"] == naive["compared"]
+
+
+def test_rows_are_decoded_only_when_a_stop_string_may_end(smollm2):
+    from patchscopes.engine.batched import stop_filter
+
+    comma, word = smollm2.encode(",")[-1], smollm2.encode(" Paris")[-1]
+    may_stop = stop_filter(smollm2, (",", "\n"))
+    assert may_stop(comma) and not may_stop(word)
+    assert stop_filter(smollm2, ("is ",))(word)  # a stop string ending in a space: every token is checked
+    assert not stop_filter(smollm2, ())(comma)
