@@ -349,8 +349,8 @@ def readout_legend(frame: pd.DataFrame) -> str:
         return ("cell: the next token predicted from the state at that position (the word expected after it, "
                 "e.g. ␣Paris at ␣of), not the token at the position")
     return ("cell: the top next token of the patched run after the target prompt, not the token at the "
-            "position: a state that is decoded repeats its source token; early layers often give the prompt's "
-            "own pattern (␣->, \\n), and a state may give the word it expects next (␣Paris at ␣of)")
+            "position: often the token the model expects after the position (␣Tower at iffel, ␣Paris at ␣of), "
+            "sometimes the source token itself; early layers often give the prompt's own pattern (␣->, \\n)")
 
 
 def _default_title(frame: pd.DataFrame) -> str:

@@ -7,7 +7,7 @@ values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tab
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pandas as pd
 
@@ -19,6 +19,9 @@ from patchscopes.results import results_to_frame
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Patchscope, Readout, Source
 from patchscopes.specs import Spec, parse_spec
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 def plan_sweep(
