@@ -258,7 +258,7 @@ def heatmap(
         title={"text": html.escape(title if title is not None else _default_title(frame)) + "<br><sup>"
                + "<br>".join(html.escape(line) for line in textwrap.wrap(readout_legend(frame), 110))
                + "</sup>", "y": 0.98, "yanchor": "top"},
-        margin={"t": 150},
+        margin={"t": 170},
         xaxis={"title": {"text": "source position: token"}, "type": "category", "side": "top", "tickangle": -45},
         yaxis={"title": {"text": "source layer → target layer" if g.multi_target else "source layer"},
                "type": "category", "autorange": "reversed"},
