@@ -37,7 +37,7 @@ def client(pool):
                                                       max_prompt_chars=100)), base_url=LOCAL)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def live_server():
     """A function that serves an app for real (see :func:`serve_in_thread`), for tests that need sockets."""
     return serve_in_thread

@@ -111,7 +111,7 @@ class ModelPool:
         if not models:
             raise PatchscopesError("the explorer needs at least one model", hint="pass --model NAME")
         self._sources = dict(models)
-        self._workers: dict[str, ModelWorker] = {}
+        self._workers = {name: ModelWorker(name, m) for name, m in models.items() if isinstance(m, LanguageModel)}
         self._load_lock = threading.Lock()
 
     @property

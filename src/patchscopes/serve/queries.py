@@ -217,7 +217,7 @@ def inspect_records(model: LanguageModel, query: InspectQuery) -> list[dict]:
     return to_records(frame)
 
 
-def layer_chunks(plan: Plan, *, first_patches: int = 16, growth: int = 2) -> list[list[int]]:
+def layer_chunks(plan: Plan, *, first_patches: int = 16, growth: int = 4) -> list[list[int]]:
     """The plan's layers cut into consecutive chunks that grow: about ``first_patches`` patches, then
     ``growth`` times more each time.
 

@@ -177,7 +177,7 @@ function updateScope() {
     ? `Leave empty for the preset's prompt. A custom prompt must contain the placeholder “${preset.placeholder}”; its last token is patched.`
     : preset.target_prompt === null ? "This preset reads the source prompt itself (T = S); a custom prompt replaces it and is patched at its last token."
       : "Leave empty for the preset's prompt; a custom prompt is patched at its last token.";
-  $("target-summary").textContent = box.value.trim() ? "· custom" : `· ${preset.name}'s`;
+  $("target-summary").textContent = box.value.trim() ? "(custom)" : "(the preset's)";
   $("target-layer").placeholder = preset.target_layer === "same" ? "l* = l" : preset.target_layer === "last" ? "last" : String(preset.target_layer);
 }
 
@@ -301,6 +301,7 @@ async function run({ push = true, cell = null } = {}) {
       if (controller.signal.aborted) return;
       if (event === "plan") {
         state.plan = data;
+        refreshModels().catch(() => {});
         buildGrid(data);
         $("grid").dataset.total = String(data.patches);
         tick();
@@ -547,6 +548,13 @@ async function copyLink() {
   } catch (_) {
     window.prompt("Copy this link:", url);
   }
+}
+
+async function refreshModels() {
+  const shown = state.models.find((m) => m.name === $("model").value);
+  if (shown && shown.loaded) return;
+  state.models = (await (await api("/api/models")).json()).models;
+  showModelInfo();
 }
 
 function showModelInfo() {
