@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
 
 import patchscopes as ps
-import patchscopes.cli.inspect_cmd as inspect_cmd
+import patchscopes.cli.options as cli_options
 from patchscopes.cli import app as cli_app
 from patchscopes.serve import ModelPool, create_app
 
@@ -81,7 +81,7 @@ def page(browser):
 
 def inspect_json(smollm2, tmp_path, monkeypatch, *args: str) -> list[dict]:
     """``patchscopes inspect PROMPT ARGS --json``, run by the CLI on the already loaded SmolLM2."""
-    monkeypatch.setattr(inspect_cmd, "load_model", lambda name, **kwargs: smollm2)
+    monkeypatch.setattr(cli_options, "load_model", lambda name, **kwargs: smollm2)
     out = tmp_path / "inspect.json"
     result = CliRunner().invoke(cli_app, ["inspect", PROMPT, "--model", "smollm2-135m", *args, "--json", str(out)],
                                 env={"COLUMNS": "200"})

@@ -7,6 +7,7 @@ loopback needs ``--token``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import secrets
 import socket
@@ -15,39 +16,47 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, err_console, handle_errors
-from patchscopes.cli.options import DeviceOption, DtypeOption
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, err_console
 from patchscopes.errors import PatchscopesError
-from patchscopes.models import DEFAULT_MODEL, embedded_status, load_model
+from patchscopes.models import DEFAULT_MODEL, embedded_status
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@app.command("serve")
-@handle_errors
+@app.command("serve", short_help="Explore hidden states in the browser.")
+@opt.runtime_options(engine=False)
 def serve_command(
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="A model to serve (repeat for several): an embedded alias, a .gguf "
-                     "file, a local Hugging Face folder or a hub id. Default: the installed embedded models."),
+        typer.Option("--model", "-m", metavar="NAME", show_default=False,
+                     help=f"A model to serve; repeat for several. {opt.MODEL_HELP}  [default: the installed "
+                     "embedded models]"),
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="The address to listen on. Anything but the loopback "
-                                      "needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The port (0: any free port).")] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDRESS", help="Listen here; anything but the loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", metavar="N", callback=opt.at_least(0, 65535), help="The port (0: a free one).")
+    ] = 8765,
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="PATCHSCOPES_TOKEN", help="A secret every request must carry (the printed "
-                     "URL holds it). Needed with --host other than 127.0.0.1; 'random' makes one up."),
+        typer.Option("--token", metavar="SECRET", envvar="PATCHSCOPES_TOKEN", show_default=False,
+                     help="A secret every request must carry (the printed URL holds it); 'random' makes one up."),
     ] = None,
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    max_patches: Annotated[int, typer.Option("--max-patches", min=1, help="The most patches one request may "
-                                             "run (next-token readouts).")] = 4096,
-    max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens", min=1, help="The longest source prompt, "
-                                                   "in tokens.")] = 256,
+    max_patches: Annotated[
+        int, typer.Option("--max-patches", metavar="N", callback=opt.at_least(1),
+                          help="The most patches of one request (next-token readouts).")
+    ] = 4096,
+    max_prompt_tokens: Annotated[
+        int, typer.Option("--max-prompt-tokens", metavar="N", callback=opt.at_least(1),
+                          help="The longest source prompt, in tokens.")
+    ] = 256,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
-    """Explore hidden states in the browser: type a prompt, watch the layer × position grid fill in, click a cell
-    to have the model describe it.
+    """Explore hidden states in the browser: type a prompt, watch the layer × position grid fill in, click a
+    cell to have the model describe it.
 
     Examples:
 
@@ -57,6 +66,7 @@ def serve_command(
 
         patchscopes serve --host 0.0.0.0 --token random
     """
+    runtime.check()
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise PatchscopesError(f"patchscopes serve needs {' and '.join(missing)}, which is not installed",
@@ -73,7 +83,7 @@ def serve_command(
             hint="add --token SECRET (or --token random), or keep the default --host 127.0.0.1",
         )
     names = list(dict.fromkeys(model or [])) or installed_embedded()
-    pool = ModelPool({name: _loader(name, device, dtype) for name in names})
+    pool = ModelPool({name: functools.partial(runtime.load, name) for name in names})
     sock = bind(host, port)  # before the model loads: a taken port fails at once
     try:
         console.print(Text.assemble("loading ", (pool.default, "bold"), " ..."), soft_wrap=True)
@@ -126,7 +136,3 @@ def installed_embedded() -> list[str]:
         raise PatchscopesError("no embedded model is installed", hint="name one with --model, or install "
                                "one (see `patchscopes models`)")
     return sorted(names, key=lambda name: name != DEFAULT_MODEL)
-
-
-def _loader(name: str, device: str, dtype: str | None):
-    return lambda: load_model(name, device=device, dtype=dtype)
