@@ -19,7 +19,6 @@ from patchscopes.cli import app as cli_app
 from patchscopes.serve import Limits, ModelPool, create_app
 from patchscopes.serve.app import static_files
 from patchscopes.serve.queries import InspectQuery, layer_chunks, plan_query
-from patchscopes.testing import tiny_model
 
 LOCAL = "http://127.0.0.1"
 PROMPT = "Hi you"  # byte tokens after <bos>: 7 positions
@@ -32,16 +31,6 @@ def events(response) -> list[tuple[str, dict]]:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         out.append((lines["event"], json.loads(lines["data"])))
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama saved as a Hugging Face folder: the CLI and the server load the same model."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 # -- answers -------------------------------------------------------------------------------------------------

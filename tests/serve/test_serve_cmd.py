@@ -19,18 +19,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from patchscopes.cli import app
-from patchscopes.testing import tiny_model
 
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_any_host_but_the_loopback_needs_a_token():

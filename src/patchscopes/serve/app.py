@@ -133,13 +133,7 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
     @app.post("/api/inspect")
     async def inspect(query: InspectQuery, request: Request) -> Response:
         """Run an inspect query; answers the records ``patchscopes inspect --json`` writes."""
-        worker = await worker_for(query.model)
-        await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
-        try:
-            records = await while_connected(request, worker, inspect_records, query)
-        except Cancelled:
-            return Response(status_code=499)
-        return JSONResponse(records)
+        return await records_of(query, request)
 
     @app.post("/api/inspect/stream")
     async def inspect_stream(query: InspectQuery) -> StreamingResponse:
@@ -157,10 +151,15 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
             generating = [p["name"] for p in presets_info() if p["generation"]]
             raise RequestProblem(400, f"the scope {query.scope!r} does not generate text",
                                  hint=f"describe with one of {', '.join(generating)}")
+        return await records_of(inspect_query, request)
+
+    async def records_of(query: InspectQuery, request: Request) -> Response:
+        """Check ``query``, run it as one sweep on its model's queue, answer its records (499 if the client
+        left)."""
         worker = await worker_for(query.model)
-        await run_in_threadpool(plan_query, worker.model, worker.name, inspect_query, limits)
+        await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
         try:
-            records = await while_connected(request, worker, inspect_records, inspect_query)
+            records = await while_connected(request, worker, inspect_records, query)
         except Cancelled:
             return Response(status_code=499)
         return JSONResponse(records)
