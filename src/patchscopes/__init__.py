@@ -147,3 +147,9 @@ __all__ = [
     "sweep",
     "train_tuned_lens",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public API (``__all__`` and ``__version__``) for ``dir(patchscopes)`` and tab completion, rather
+    than every submodule Python has set as an attribute (``cli``, ``engine``, ``sweep``...)."""
+    return sorted([*__all__, "__version__"])
