@@ -16,6 +16,7 @@ from patchscopes.data.entities import Entity, EntitySet, read_entities, select_e
 from patchscopes.data.relations import Relation, load_relation, load_relations, mentions
 from patchscopes.data.text import read_documents, split_documents
 from patchscopes.data.two_hop import TwoHopQuery, build_queries
+from patchscopes.display import HeatmapView, show
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
@@ -84,6 +85,7 @@ __all__ = [
     "EntitySet",
     "FunctionMapping",
     "Generate",
+    "HeatmapView",
     "Identity",
     "LanguageModel",
     "Lens",
@@ -137,6 +139,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "show",
     "split_documents",
     "summarize_cross_model",
     "summarize_descriptions",
