@@ -112,7 +112,7 @@ def examples_table(samples: pd.DataFrame, per_group: int, *, title: str) -> Tabl
 def entities_command(
     entities: EntitiesOption,
     model: opt.ModelOption = DEFAULT_MODEL,
-    layers: opt.layers_option("Source layers l (l* = l): 'all', '0,5,10', '0:10'.") = DEFAULT_LAYERS,
+    layers: opt.layers_option("Source layers l (l* = l); default: the first 10.", optional=True) = DEFAULT_LAYERS,
     n: Annotated[
         int, typer.Option("--n", "-n", metavar="N", callback=opt.at_least(1),
                           help="Entities to describe; with popularities, half rare and half popular.")

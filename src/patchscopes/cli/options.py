@@ -210,14 +210,14 @@ _RUNTIME_PARAMS = {
 }
 
 
-def runtime_options(*, engine: bool = True, threads: bool = True) -> Callable[[F], F]:
-    """Add ``--engine`` (unless ``engine=False``), ``--device``, ``--dtype`` and ``--threads`` (unless
-    ``threads=False``) to a command, after its own options.
+def runtime_options(*, engine: bool = True) -> Callable[[F], F]:
+    """Add ``--engine`` (unless ``engine=False``: a command that fits rather than patches), ``--device``,
+    ``--dtype`` and ``--threads`` to a command, after its own options.
 
-    The command takes a keyword parameter ``runtime`` (a :class:`Runtime`) instead of the four options; the
-    engine is checked before the command runs.
+    The command takes a keyword parameter ``runtime`` (a :class:`Runtime`) instead of these options; they
+    are checked (:meth:`Runtime.check`) before the command runs.
     """
-    names = [n for n in _RUNTIME_PARAMS if (engine or n != "engine") and (threads or n != "threads")]
+    names = [n for n in _RUNTIME_PARAMS if engine or n != "engine"]
     return option_group("runtime", {n: _RUNTIME_PARAMS[n] for n in names}, Runtime)
 
 

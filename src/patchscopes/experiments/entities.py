@@ -45,7 +45,9 @@ from patchscopes.specs import parse_spec
 
 DESCRIPTION_STOP = (",", "\n")
 DESCRIPTION_READOUT = Generate(max_new_tokens=50, stop=DESCRIPTION_STOP)
-DEFAULT_LAYERS = "0:10"
+DEFAULT_LAYERS = None
+"""``None``: the paper's first ten layers, ``0:10`` (every layer of a model with fewer)."""
+FIRST_LAYERS = 10
 REFERENCE_KINDS = ("file", "self")
 SCORES = ("rougeL", "rouge1", "sbert")
 SAMPLE_COLUMNS = ["entity", "group", "popularity", "layer", "target_layer", "mapping", "generated", "description",
@@ -217,7 +219,7 @@ def describe_entities(
     model: LanguageModel,
     entities: Sequence[Entity],
     *,
-    layers: str | int | Sequence[int] = DEFAULT_LAYERS,
+    layers: str | int | Sequence[int] | None = DEFAULT_LAYERS,
     **options,
 ) -> pd.DataFrame:
     """Experiment 3: describe each entity from its hidden state at each layer l (l* = l, f = identity).
@@ -225,7 +227,7 @@ def describe_entities(
     Args:
         model: The model (source and target).
         entities: The entities.
-        layers: Source layers (a SPEC; default ``"0:10"``, the paper's first ten layers).
+        layers: Source layers (a SPEC; default ``None``: the paper's first ten layers, or all of a smaller model).
         **options: The options of :func:`description_samples` (``reference``, ``sbert``, ``max_new_tokens``...).
 
     Returns:
@@ -237,7 +239,10 @@ def describe_entities(
         >>> samples = describe_entities(model, chosen, layers="0:10")
         >>> summarize_descriptions(samples)
     """
-    layer_list = parse_spec(layers, model.num_layers, what="layer")
+    if layers is None:
+        layer_list = list(range(min(FIRST_LAYERS, model.num_layers)))
+    else:
+        layer_list = parse_spec(layers, model.num_layers, what="layer")
     return description_samples(model, entities, [(layer, layer, None) for layer in layer_list], **options)
 
 
