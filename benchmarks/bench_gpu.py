@@ -170,7 +170,11 @@ def parse_budget(text: str) -> BatchBudget:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return _run_benchmark(args)
+
+
+def _run_benchmark(args: argparse.Namespace) -> dict:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     lm = random_model(args.shape, args.device, dtype, args.tokenizer)
     sentences = SENTENCES[: args.sentences]
