@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,7 +34,9 @@ def run(
         scopes: The patches; each is an independent job.
         model: The model for sources and targets that name none.
         engine: ``"batched"`` (fast: shared work done once, rows batched) or ``"reference"`` (one plain
-            forward per patch with hooks; the ground truth).
+            forward per patch with hooks; the ground truth). Where the batched engine's fast path is not
+            exact on a model (recurrent or state-space blocks, see ``LanguageModel.fast_path``), the
+            reference engine runs instead, with a warning.
         baseline: Also run each distinct target unpatched and attach it to every result.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
@@ -49,6 +52,8 @@ def run(
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
         with torch.no_grad():
+            if engine == "batched" and not batched_applies(jobs):
+                engine = "reference"
             if engine == "batched":
                 readings = run_batched(jobs, budget or BatchBudget(), progress=bar)
             elif engine == "reference":
@@ -61,6 +66,16 @@ def run(
     finally:
         bar.close()
     return results
+
+
+def batched_applies(jobs: Sequence[Job]) -> bool:
+    """Whether the batched engine is exact on every model of ``jobs``; warns naming those it is not."""
+    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model)}
+    slow = [m for m in models.values() if not m.fast_path.batched]
+    for model in slow:
+        warnings.warn(f"{model.name}: the batched engine's fast path does not apply ({model.fast_path.reason}); "
+                      "running the reference engine, one hooked forward per patch", stacklevel=3)
+    return not slow
 
 
 def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> None:

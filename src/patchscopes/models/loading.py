@@ -14,12 +14,18 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models.architectures import ArchitectureSpec
 from patchscopes.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, converted_dir, is_converted, mark_converted
 from patchscopes.models.language_model import LanguageModel
+from patchscopes.models.proof import FastPathSupport
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+
+
+# Proofs of checkpoints loaded from disk in this process, by (folder, its modification time, device, dtype,
+# layout): loading the same weights again reuses the outcome instead of proving them again.
+_PROVEN: dict[tuple, FastPathSupport] = {}
 
 
 @contextlib.contextmanager
@@ -160,4 +166,10 @@ def load_model(
                 f"could not move the model to device {device!r}: {err}",
                 hint="use 'cpu', or a device this machine has (see torch.cuda.is_available())",
             ) from err
-    return LanguageModel(hf_model, tokenizer, name=display, spec=spec)
+    key = None
+    if isinstance(source, Path) and source.is_dir():
+        key = (str(source.resolve()), (source / "config.json").stat().st_mtime_ns, device, str(hf_model.dtype), spec)
+    model = LanguageModel(hf_model, tokenizer, name=display, spec=spec, proof=_PROVEN.get(key))
+    if key is not None:
+        _PROVEN[key] = model.fast_path
+    return model
