@@ -16,7 +16,7 @@ import torch
 _SMALL = {
     # depth
     "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2, "n_layers": 2, "num_decoder_layers": 2,
-    "decoder_layers": 2, "encoder_layers": 1, "num_encoder_layers": 1, "depth": 2,
+    "decoder_layers": 2, "encoder_layers": 2, "num_encoder_layers": 2, "depth": 2,
     # width
     "hidden_size": 64, "n_embd": 64, "d_model": 64, "dim": 64, "embed_dim": 64, "n_embed": 64,
     "word_embed_proj_dim": 64, "projection_dim": 64, "hidden_dim": 64, "vision_output_dim": 64,
@@ -83,6 +83,13 @@ def _shrink(config, vocab_size: int) -> None:
             setattr(config, name, _layer_types(list(types), layers))
         elif isinstance(types, str) and layers is not None and len(types) > layers:
             setattr(config, name, "".join(_layer_types(list(types), layers)))
+    if getattr(config, "is_decoder", None) is False:  # the *ForCausalLM of an encoder family: make it causal
+        config.is_decoder = True
+    rope = getattr(config, "qk_rope_head_dim", None)
+    if isinstance(rope, int) and isinstance(getattr(config, "head_dim", None), int):
+        config.head_dim = rope  # multi-head latent attention: the rotary part sets the head size
+        if isinstance(getattr(config, "num_key_value_heads", None), int):
+            config.num_key_value_heads = config.num_attention_heads  # and keys have a head per query head
     heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
         config.num_key_value_heads = heads

@@ -6,7 +6,8 @@
   whose items ran, in order, in one traced forward on a few tokens, each returning a ``(batch, tokens, d)``
   hidden state;
 - the final norm is what runs between the end of the last block and the unembedding in that forward: the
-  outermost modules called there, in call order (none, one norm, or a norm and a projection);
+  modules called there each on what the one before returned, from the last block's output to the
+  unembedding's input (none, one norm, or a norm and a projection);
 - output transforms (logit soft-capping, a logit scale or divisor) are read from the config.
 
 The result is an :class:`ArchitectureSpec` of attribute paths, the same as one written by hand, and it is
@@ -55,6 +56,11 @@ def _probe_ids(model: nn.Module, tokens: int = 4) -> torch.Tensor:
     return ids[None]
 
 
+def _same(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are equal tensors (the head may read a slice of the last hidden state)."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+
+
 def discover_architecture(model: nn.Module) -> ArchitectureSpec:
     """The layout of ``model``, found from its embeddings, its config and one traced forward.
 
@@ -84,28 +90,28 @@ def discover_architecture(model: nn.Module) -> ArchitectureSpec:
     if not candidates:
         raise _fail(model, f"no ModuleList of {n_layers} blocks (the config's number of layers)")
 
-    # One traced forward: the order in which modules start and end, and what each block returned.
-    order: list[tuple[str, nn.Module]] = []
-    outputs: dict[int, object] = {}
-    lm_head_input: dict[str, torch.Tensor] = {}
+    # One traced forward: the order in which modules start and end, what each took and what it returned.
+    order: list[tuple[str, str]] = []
+    inputs: dict[str, object] = {}
+    outputs: dict[str, object] = {}
     handles = []
-    watched = {id(block) for _, blocks in candidates for block in blocks}
     for name, module in model.named_modules():
-        if module is unembed:
+        if module is unembed or not name:
             continue
-        handles.append(module.register_forward_pre_hook(
-            lambda mod, args, n=name: order.append(("start", n))))
+
+        def pre(mod, args, n=name):
+            order.append(("start", n))
+            inputs.setdefault(n, args[0] if args else None)
 
         def post(mod, args, output, n=name):
             order.append(("end", n))
-            if id(mod) in watched:
-                outputs[id(mod)] = output
+            outputs.setdefault(n, output)
 
-        handles.append(module.register_forward_hook(post))
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
     def at_head(mod, args):
         order.append(("head", ""))
-        lm_head_input["x"] = args[0] if args else None
+        inputs.setdefault("", args[0] if args else None)
 
     handles.append(unembed.register_forward_pre_hook(at_head))
     ids = _probe_ids(model).to(weight.device if weight.device.type != "meta" else "cpu")
@@ -117,15 +123,18 @@ def discover_architecture(model: nn.Module) -> ArchitectureSpec:
     finally:
         for handle in handles:
             handle.remove()
-    if "x" not in lm_head_input:
+    if "" not in inputs:
         raise _fail(model, "its forward never called the unembedding")
 
-    def returns_hidden(block: nn.Module) -> bool:
-        out = outputs.get(id(block))
-        out = out[0] if isinstance(out, tuple) and out else out
-        return isinstance(out, torch.Tensor) and out.shape == (1, ids.shape[1], d)
+    def hidden_of(name: str) -> object:
+        out = outputs.get(name)
+        return out[0] if isinstance(out, tuple) and out else out
 
-    ran = [(name, blocks) for name, blocks in candidates if all(returns_hidden(b) for b in blocks)]
+    def returns_hidden(path: str, blocks: nn.ModuleList) -> bool:
+        return all(isinstance(h := hidden_of(f"{path}.{k}"), torch.Tensor) and h.shape == (1, ids.shape[1], d)
+                   for k in range(len(blocks)))
+
+    ran = [(name, blocks) for name, blocks in candidates if returns_hidden(name, blocks)]
     if not ran:
         raise _fail(model, f"no ModuleList of {n_layers} blocks whose items each return a (batch, tokens, {d}) "
                            "hidden state in a forward on token ids")
@@ -133,17 +142,20 @@ def discover_architecture(model: nn.Module) -> ArchitectureSpec:
     blocks_path, blocks = max(ran, key=lambda item: sum(p.numel() for p in item[1].parameters()))
     last = f"{blocks_path}.{len(blocks) - 1}"
 
-    # The final norm: the outermost modules that start after the last block ends and before the head.
+    # The final norm: the modules that run between the last block and the head, each on what the one before
+    # returned, starting from the last block's output and ending with the head's input.
+    unembed_path = _path_of(model, unembed) or ""
     end_of_last = max(i for i, event in enumerate(order) if event == ("end", last))
     head_at = next(i for i, event in enumerate(order) if event[0] == "head" and i > end_of_last)
-    unembed_path = _path_of(model, unembed) or ""
-    between = [name for kind, name in order[end_of_last + 1: head_at]
-               if kind == "start" and not unembed_path.startswith(name + ".") and name]
-    outermost = [n for n in between if not any(n != o and n.startswith(o + ".") for o in between)]
-    chain: list[str] = []
-    for name in outermost:
-        if name not in chain:
+    current, chain = hidden_of(last), []
+    for kind, name in order[end_of_last + 1: head_at]:
+        if kind == "start" and _same(inputs.get(name), current) and not unembed_path.startswith(name + "."):
             chain.append(name)
+            current = hidden_of(name)
+    if not _same(current, inputs[""]):
+        raise _fail(model, "what runs between its last block and its unembedding is not a chain of modules "
+                           f"(after {'+'.join(chain) or 'the last block'} the hidden state is changed by code "
+                           "outside any module)")
 
     fields: dict[str, str] = {}
     for field, attribute, value in _OUTPUT_TRANSFORMS:

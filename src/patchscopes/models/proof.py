@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.models.architectures import text_config
 
 if TYPE_CHECKING:
     from patchscopes.models.language_model import LanguageModel
@@ -74,10 +75,13 @@ def _hidden(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
 
-def _probe_ids(model: LanguageModel, tokens: int = 5) -> list[int]:
-    ids = model.encode(PROBE_TEXT)[:tokens]
+def _probe_ids(model: LanguageModel) -> list[int]:
+    """A few tokens of :data:`PROBE_TEXT`; more than the attention window where that is short (tiny models)."""
+    window = getattr(text_config(model.hf.config), "sliding_window", None)
+    tokens = window + 4 if isinstance(window, int) and 0 < window <= 32 else 5
+    ids = (model.encode(PROBE_TEXT) * tokens)[:tokens]
     filler = [i for i in range(3, 3 + tokens) if i < model.vocab_size]
-    return ids + filler[: max(0, 4 - len(ids))]
+    return ids + filler[: max(0, min(4, tokens) - len(ids))]
 
 
 def _run(model: LanguageModel, batch: torch.Tensor, mask: torch.Tensor, edits: dict[int, object],
@@ -173,6 +177,33 @@ def prove_layout(model: LanguageModel) -> FastPathSupport:
         return _fast_path(model, ids, logits, padding, tol)
 
 
+def _reads_keys_elsewhere(model: LanguageModel, cache, ids, mask, positions, expected, tol: float) -> bool:
+    """Whether rows that read the batch-1 prefix only through ``Cache.update`` (each layer's prefix keys and
+    values, then their own), as the batched engine's shared prefix does, fail to reproduce ``expected`` in
+    two forwards in a row."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
+        return True
+
+    def update(key_states, value_states, layer_idx, *args, **kwargs):
+        layer = layers[layer_idx]
+        rows = key_states.shape[0]
+        return (torch.cat([layer.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                torch.cat([layer.values.expand(rows, -1, -1, -1), value_states], dim=-2))
+
+    view = copy.copy(cache)
+    view.update = update
+    expected = expected.expand(ids.shape[0], -1, -1)
+    try:
+        for _ in range(2):  # twice: a layer that writes its state into the shared prefix spoils the second
+            shared, _ = model.forward(ids, attention_mask=mask, position_ids=positions, cache=view, use_cache=True)
+            if _difference(shared, expected) > tol:
+                return True
+    except Exception:  # a layer that reads the cache some other way
+        return True
+    return False
+
+
 def _fast_path(model: LanguageModel, ids: list[int], logits: torch.Tensor, padding: float | Exception,
                tol: float) -> FastPathSupport:
     n, cut = len(ids), len(ids) - 2
@@ -183,13 +214,19 @@ def _fast_path(model: LanguageModel, ids: list[int], logits: torch.Tensor, paddi
                                  position_ids=torch.arange(cut)[None], use_cache=True)
         if cache is None:
             raise ValueError("the model returns no cache")
-        cache = copy.deepcopy(cache)
-        cache.batch_repeat_interleave(2)
-        suffix, _ = model.forward(x[:, cut:].expand(2, -1), attention_mask=torch.ones((2, n), dtype=torch.long),
-                                  position_ids=torch.arange(cut, n)[None].expand(2, -1), cache=cache, use_cache=True)
+        suffix_ids = x[:, cut:].expand(2, -1)
+        mask, positions = torch.ones((2, n), dtype=torch.long), torch.arange(cut, n)[None].expand(2, -1)
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(2)
+        suffix, _ = model.forward(suffix_ids, attention_mask=mask, position_ids=positions, cache=copied,
+                                  use_cache=True)
         prefix_ok = _difference(suffix, logits[:, cut:].expand(2, -1, -1)) <= tol
         if not prefix_ok:
             reasons.append("a prompt continued from its prefix's cache does not give the full forward's logits")
+        elif _reads_keys_elsewhere(model, cache, suffix_ids, mask, positions, logits[:, cut:], tol):
+            prefix_ok = False
+            reasons.append("its blocks keep state in the cache other than keys and values read through "
+                           "Cache.update, so rows cannot share one prefix")
     except Exception as err:  # caches of recurrent and state-space blocks fail in many ways
         prefix_ok = False
         reasons.append(f"its cache cannot be copied per row and continued ({type(err).__name__}: {err})")
