@@ -122,7 +122,7 @@ def tiny_family_model(model_type: str, *, seed: int = 0):
     """
     from transformers import AutoModelForCausalLM
 
-    from patchscopes.testing import byte_tokenizer
+    from patchscopes.testing import byte_tokenizer, sharpen
 
     tokenizer = byte_tokenizer()
     config = tiny_family_config(model_type, len(tokenizer))
@@ -132,8 +132,4 @@ def tiny_family_model(model_type: str, *, seed: int = 0):
         raise ValueError(f"the shrunk config still has {size / 1e6:.0f}M parameters (over {MAX_PARAMETERS / 1e6:.0f}M)")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.2)
-    return model.eval(), tokenizer
+    return sharpen(model).eval(), tokenizer
