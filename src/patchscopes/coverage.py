@@ -172,6 +172,23 @@ def coverage_markdown(version: str, rows: list[FamilyCoverage]) -> str:
         "layer must give the model's logits, the identity patch must reproduce the run, and a patch must reach "
         "later positions only.",
         "",
+        "Multimodal models: a `*ForConditionalGeneration` in this list (Gemma 3 from 4B up) is patched and read "
+        "through its language model, with text prompts; one with no causal-LM class (LLaVA-style) loads through "
+        "`AutoModelForImageTextToText` (`load_model` falls back to it; a tiny LLaVA is in the tests).",
+        "",
+        "Where discovery fails or the proof refuses a layout, give it by hand:",
+        "",
+        "```python",
+        "import patchscopes as ps",
+        "spec = ps.ArchitectureSpec(name='my-family', model_types=('my_model',), blocks='model.layers',",
+        "                           final_norm='model.norm', unembed='lm_head', embed='model.embed_tokens')",
+        "model = ps.load_model('path/to/checkpoint', spec=spec)  # or ps.register_architecture(spec) once",
+        "```",
+        "",
+        "`final_norm` may join several modules with `+` (a norm, then a projection) or be `''` for none; "
+        "`logit_softcap` and `logit_scale` name the config attributes of output transforms. The proof still "
+        "runs on a layout given by hand.",
+        "",
         "| model_type | class | status | layout | detail |",
         "|---|---|---|---|---|",
     ]

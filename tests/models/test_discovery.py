@@ -157,3 +157,24 @@ def test_embedded_models_have_the_fast_path_and_are_proved_once(smollm2):
         warnings.simplefilter("error")
         again = ps.load_model("smollm2-135m")
     assert again.fast_path is smollm2.fast_path  # the same checkpoint, device and dtype: proved once
+
+
+def test_a_multimodal_folder_loads_through_its_language_model(tmp_path):
+    """LLaVA has no causal-LM class: load_model takes its image-text-to-text model and reads the text stack."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from patchscopes.testing import byte_tokenizer, sharpen
+    from patchscopes.tiny_families import tiny_family_config
+
+    tok = byte_tokenizer()
+    config = tiny_family_config("llava", len(tok))
+    assert isinstance(AutoConfig.for_model("llava"), type(config))
+    torch.manual_seed(0)
+    sharpen(AutoModelForImageTextToText.from_config(config)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = ps.load_model(str(tmp_path))
+    assert type(model.hf).__name__ == "LlavaForConditionalGeneration"
+    assert model.arch.spec.blocks == "model.language_model.layers" and model.fast_path.batched
+    scopes = ps.plan_sweep(model, [PROMPT], "token-identity", layers="all", positions="-1")
+    expected = ps.run(scopes, model, engine="reference")
+    assert [r.readings.top_token_ids for r in ps.run(scopes, model)] == [r.readings.top_token_ids for r in expected]

@@ -96,6 +96,19 @@ def _convert_gguf(gguf_file: Path) -> Path:
     return target
 
 
+def _from_pretrained(source: str | Path, kwargs: dict):
+    """The causal LM at ``source``; for a multimodal model with no causal-LM class (LLaVA, Qwen-VL...), its
+    image-text-to-text model, whose language part patchscopes reads with text prompts."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -120,7 +133,7 @@ def load_model(
         PatchscopesError: The name is unknown, an embedded package is missing (the message prints the
             install command), the GGUF file is corrupt, or the architecture is unknown.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not isinstance(name, str) or not name.strip():
         raise PatchscopesError("the model name is empty", hint=f"use e.g. {DEFAULT_MODEL!r}")
@@ -149,7 +162,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         with quiet_transformers():
-            hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            hf_model = _from_pretrained(source, kwargs)
     except PatchscopesError:
         raise
     except Exception as err:
