@@ -21,7 +21,7 @@ _SMALL = {
     "hidden_size": 64, "n_embd": 64, "d_model": 64, "dim": 64, "embed_dim": 64, "n_embed": 64,
     "word_embed_proj_dim": 64, "projection_dim": 64, "hidden_dim": 64, "vision_output_dim": 64,
     "intermediate_size": 128, "ffn_dim": 128, "n_inner": 128, "ffn_hidden_size": 128, "d_ff": 128,
-    "decoder_ffn_dim": 128, "encoder_ffn_dim": 128, "intermediate_size_mlp": 128,
+    "decoder_ffn_dim": 128, "encoder_ffn_dim": 128, "intermediate_size_mlp": 128, "hidden_size_per_layer_input": 16,
     "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64, "expert_intermediate_size": 32,
     "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4, "decoder_attention_heads": 4,
     "encoder_attention_heads": 4, "num_key_value_heads": 2, "n_kv_heads": 2, "head_dim": 16,
@@ -65,37 +65,48 @@ def _layer_types(types: list, n: int) -> list:
     return picked + [types[0]] * (n - len(picked))
 
 
+def _get(config, name: str, default=None):
+    """``getattr`` that treats an attribute a config refuses to give globally (Gemma 4's per-layer ones) as
+    absent."""
+    try:
+        return getattr(config, name, default)
+    except Exception:  # transformers' AmbiguousGlobalPerLayerAttributeError and kin
+        return default
+
+
 def _shrink(config, vocab_size: int) -> None:
     for name, value in _SMALL.items():
-        current = getattr(config, name, None)
+        current = _get(config, name, None)
         if isinstance(current, int) and not isinstance(current, bool) and current > value:
             setattr(config, name, value)
-    if isinstance(getattr(config, "vocab_size", None), int):
+    if isinstance(_get(config, "vocab_size", None), int):
         config.vocab_size = vocab_size
+        if isinstance(_get(config, "vocab_size_per_layer_input"), int):  # Gemma 3n and 4: per-layer embeddings
+            config.vocab_size_per_layer_input = vocab_size
         for name, value in _TOKEN_IDS.items():
             if hasattr(config, name):
                 setattr(config, name, value)
-    layers = next((getattr(config, n) for n in ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-                   if isinstance(getattr(config, n, None), int)), None)
+    layers = next((_get(config, n) for n in ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+                   if isinstance(_get(config, n, None), int)), None)
     for name in ("layer_types", "layers_block_type", "block_types", "hybrid_override_pattern"):
-        types = getattr(config, name, None)
+        types = _get(config, name, None)
         if isinstance(types, (list, tuple)) and layers is not None and len(types) > layers:
             setattr(config, name, _layer_types(list(types), layers))
         elif isinstance(types, str) and layers is not None and len(types) > layers:
             setattr(config, name, "".join(_layer_types(list(types), layers)))
-    if getattr(config, "is_decoder", None) is False:  # the *ForCausalLM of an encoder family: make it causal
+    if _get(config, "is_decoder", None) is False:  # the *ForCausalLM of an encoder family: make it causal
         config.is_decoder = True
-    rope = getattr(config, "qk_rope_head_dim", None)
-    if isinstance(rope, int) and isinstance(getattr(config, "head_dim", None), int):
+    rope = _get(config, "qk_rope_head_dim", None)
+    if isinstance(rope, int) and isinstance(_get(config, "head_dim", None), int):
         config.head_dim = rope  # multi-head latent attention: the rotary part sets the head size
-        if isinstance(getattr(config, "num_key_value_heads", None), int):
+        if isinstance(_get(config, "num_key_value_heads", None), int):
             config.num_key_value_heads = config.num_attention_heads  # and keys have a head per query head
-    heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    heads, kv = _get(config, "num_attention_heads", None), _get(config, "num_key_value_heads", None)
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
         config.num_key_value_heads = heads
     for name in ("text_config", "vision_config", "audio_config", "decoder", "encoder", "vq_config",
                  "perceiver_config", "depth_decoder_config"):
-        sub = getattr(config, name, None)
+        sub = _get(config, name, None)
         if sub is not None and hasattr(sub, "to_dict"):
             _shrink(sub, vocab_size)
 
