@@ -23,10 +23,10 @@ FAST = {
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2", "gptj", "gpt_neox",
     "phi", "phi3", "olmo", "olmo2", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "falcon", "opt", "bloom",
     "stablelm", "starcoder2", "cohere", "granite", "gpt_neo", "gpt_bigcode", "llama4_text", "gemma3",
-    "smollm3", "olmoe", "granitemoe", "codegen", "persimmon", "mpt", "xglm", "biogpt",
+    "smollm3", "olmoe", "granitemoe", "codegen", "gemma4_text", "deepseek_v3", "persimmon", "mpt", "xglm", "biogpt",
 }
 # Recurrent and state-space families that must run on the hooked path, never the fast one.
-HOOKED = {"mamba", "falcon_mamba"}
+HOOKED = {"mamba", "falcon_mamba", "qwen3_next"}
 # Known engine failures, each with its cause (a bug to fix, listed so that it cannot go unnoticed).
 KNOWN_FAILURES = {
     "mllama": "the batched generation's shared-prefix cache (engine/prefix.py PrefixedLayer) starts with "

@@ -178,3 +178,18 @@ def test_a_multimodal_folder_loads_through_its_language_model(tmp_path):
     scopes = ps.plan_sweep(model, [PROMPT], "token-identity", layers="all", positions="-1")
     expected = ps.run(scopes, model, engine="reference")
     assert [r.readings.top_token_ids for r in ps.run(scopes, model)] == [r.readings.top_token_ids for r in expected]
+
+
+def test_a_model_whose_padding_is_not_exact_reads_one_prompt_at_a_time():
+    """BART's decoder ignores the position ids: left-padded rows would shift. capture_states and
+    greedy_generate then run each prompt alone, and agree with single-prompt runs."""
+    hf, tok = tiny_family_model("bart")
+    model = ps.LanguageModel(hf, tok, name="tiny-bart-decoder")
+    assert not model.fast_path.left_padding and "left-padded" in model.fast_path.reason
+    prompts = [model.encode(PROMPT), model.encode("Hi")]
+    positions = [[0, len(prompts[0]) - 1], [1]]
+    together = capture_states(model, prompts, positions)
+    alone = torch.cat([capture_states(model, [p], [q]) for p, q in zip(prompts, positions)])
+    torch.testing.assert_close(together, alone)
+    texts = ps.greedy_generate(model, [PROMPT, "Hi"], 4)
+    assert texts == [ps.greedy_generate(model, [p], 4)[0] for p in (PROMPT, "Hi")]
