@@ -16,6 +16,7 @@ from patchscopes.data.entities import Entity, EntitySet, read_entities, select_e
 from patchscopes.data.relations import Relation, load_relation, load_relations, mentions
 from patchscopes.data.text import read_documents, split_documents
 from patchscopes.data.two_hop import TwoHopQuery, build_queries
+from patchscopes.display import HeatmapView, show
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
@@ -87,6 +88,7 @@ __all__ = [
     "FastPathSupport",
     "FunctionMapping",
     "Generate",
+    "HeatmapView",
     "Identity",
     "LanguageModel",
     "Lens",
@@ -141,6 +143,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "show",
     "split_documents",
     "summarize_cross_model",
     "summarize_descriptions",
@@ -148,3 +151,9 @@ __all__ = [
     "sweep",
     "train_tuned_lens",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public API (``__all__`` and ``__version__``) for ``dir(patchscopes)`` and tab completion, rather
+    than every submodule Python has set as an attribute (``cli``, ``engine``, ``sweep``...)."""
+    return sorted([*__all__, "__version__"])

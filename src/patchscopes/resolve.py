@@ -33,6 +33,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             encoded[key] = m.encode(prompt)
             if not encoded[key]:
                 raise PatchscopesError(f"the {what} {prompt!r} has no tokens")
+            m.check_length(len(encoded[key]), what)
         return encoded[key]
 
     def _token_prompt(m: LanguageModel, prompt: tuple[int, ...], what: str) -> list[int]:
@@ -46,6 +47,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
                     hint="give text, or a tuple of the model's token ids",
                 )
             encoded[key] = list(prompt)
+            m.check_length(len(prompt), what)
         return encoded[key]
 
     def text(m: LanguageModel, prompt: str | tuple[int, ...]) -> str | None:
@@ -88,6 +90,8 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         elif isinstance(readout, Generate):
             if readout.max_new_tokens < 1:
                 raise PatchscopesError(f"max_new_tokens must be at least 1, got {readout.max_new_tokens}")
+            tgt_model.check_length(len(tgt_ids) + readout.max_new_tokens,
+                                   f"target prompt with {readout.max_new_tokens} generated tokens")
         else:
             raise PatchscopesError(f"unknown readout {readout!r}", hint="use NextToken(...) or Generate(...)")
         mapping = as_mapping(tgt.mapping)

@@ -17,7 +17,7 @@ import torch
 from patchscopes.engine.readouts import Readings
 from patchscopes.errors import PatchscopesError
 
-__all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results"]
+__all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results", "to_records"]
 
 LIST_COLUMNS = (
     "top_tokens", "top_token_ids", "top_probs",
@@ -145,6 +145,14 @@ def load_results(path: str | Path) -> pd.DataFrame:
                 frame[col] = frame[col].map(lambda v: None if v is None else list(v))
         return frame
     raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
+
+
+def to_records(frame: pd.DataFrame) -> list[dict]:
+    """A results table as the JSON records :func:`save_results` writes to ``.json`` (and ``inspect --json``).
+
+    List columns become plain lists and missing values ``None``, so the records go straight to ``json.dumps``.
+    """
+    return _records(frame)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors
+from patchscopes.cli.app import app, console
 from patchscopes.coverage import STATUSES, load_coverage
 from patchscopes.models import DEFAULT_MODEL, cache_dir, embedded_status
 
@@ -30,8 +30,7 @@ def print_families() -> None:
     console.print(Text.assemble(("families: ", "bold"), counts), soft_wrap=True)
 
 
-@app.command("models")
-@handle_errors
+@app.command("models", short_help="List the embedded models, or with --families every family and how it runs.")
 def models_command(
     families: bool = typer.Option(
         False, "--families", help="Print the coverage matrix: every causal-LM family of transformers, how it runs."

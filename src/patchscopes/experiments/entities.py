@@ -35,7 +35,7 @@ from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.scoring import SentenceEmbedder, score_descriptions
 from patchscopes.models import LanguageModel
-from patchscopes.plots import rgba
+from patchscopes.plots import add_band_line
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
@@ -43,7 +43,9 @@ from patchscopes.specs import parse_spec
 
 DESCRIPTION_STOP = (",", "\n")
 DESCRIPTION_READOUT = Generate(max_new_tokens=50, stop=DESCRIPTION_STOP)
-DEFAULT_LAYERS = "0:10"
+DEFAULT_LAYERS = None
+"""``None``: the paper's first ten layers, ``0:10`` (every layer of a model with fewer)."""
+FIRST_LAYERS = 10
 REFERENCE_KINDS = ("file", "self")
 SCORES = ("rougeL", "rouge1", "sbert")
 SAMPLE_COLUMNS = ["entity", "group", "popularity", "layer", "target_layer", "mapping", "generated", "description",
@@ -202,7 +204,7 @@ def describe_entities(
     model: LanguageModel,
     entities: Sequence[Entity],
     *,
-    layers: str | int | Sequence[int] = DEFAULT_LAYERS,
+    layers: str | int | Sequence[int] | None = DEFAULT_LAYERS,
     **options,
 ) -> pd.DataFrame:
     """Experiment 3: describe each entity from its hidden state at each layer l (l* = l, f = identity).
@@ -210,7 +212,7 @@ def describe_entities(
     Args:
         model: The model (source and target).
         entities: The entities.
-        layers: Source layers (a SPEC; default ``"0:10"``, the paper's first ten layers).
+        layers: Source layers (a SPEC; default ``None``: the paper's first ten layers, or all of a smaller model).
         **options: The options of :func:`description_samples` (``reference``, ``sbert``, ``max_new_tokens``...).
 
     Returns:
@@ -222,7 +224,10 @@ def describe_entities(
         >>> samples = describe_entities(model, chosen, layers="0:10")
         >>> summarize_descriptions(samples)
     """
-    layer_list = parse_spec(layers, model.num_layers, what="layer")
+    if layers is None:
+        layer_list = list(range(min(FIRST_LAYERS, model.num_layers)))
+    else:
+        layer_list = parse_spec(layers, model.num_layers, what="layer")
     return description_samples(model, entities, [(layer, layer, None) for layer in layer_list], **options)
 
 
@@ -289,7 +294,6 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
     Returns:
         A plotly figure (save it with :func:`patchscopes.plots.save_figure`).
     """
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
 
@@ -303,16 +307,8 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
         n_entities = int(part["n"].max()) if len(part) else 0
         label = f"{group} ({n_entities} entities)"
         for col, score in enumerate(SCORES, start=1):
-            sem = part[f"{score}_sem"].fillna(0.0)
-            upper, lower = part[score] + sem, part[score] - sem
-            fig.add_trace(go.Scatter(
-                x=list(part["layer"]) + list(part["layer"])[::-1], y=list(upper) + list(lower)[::-1], fill="toself",
-                fillcolor=rgba(color, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
-                legendgroup=group), row=1, col=col)
-            fig.add_trace(go.Scatter(
-                x=part["layer"], y=part[score], mode="lines+markers", name=label, legendgroup=group,
-                showlegend=col == 1, line=dict(color=color, width=2), marker=dict(size=5),
-                hovertemplate=f"{group}<br>layer %{{x}}<br>{score} %{{y:.3f}}<extra></extra>"), row=1, col=col)
+            add_band_line(fig, part["layer"], part[score], part[f"{score}_sem"], color=color, name=label, group=group,
+                          metric=score, row=1, col=col, show_legend=col == 1, alpha=0.18)
     attrs = summary.attrs
     if title is None:
         title = f"Entity description from layer l (l* = l) · {attrs.get('model', '')}"

@@ -89,6 +89,26 @@ class LanguageModel:
         """The dtype of the residual stream."""
         return self.arch.embed.weight.dtype
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model reads (its config's ``max_position_embeddings``); ``None`` if unknown."""
+        n = getattr(self.hf.config, "max_position_embeddings", None)
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def check_length(self, n_positions: int, what: str = "prompt") -> None:
+        """Refuse ``what`` (a prompt, or a prompt and the tokens to generate after it) when its
+        ``n_positions`` exceed :attr:`context_length`, rather than run it past what the model was made for.
+
+        Raises:
+            PatchscopesError: Too many positions.
+        """
+        limit = self.context_length
+        if limit is not None and n_positions > limit:
+            raise PatchscopesError(
+                f"the {what} takes {n_positions} positions, more than the {limit} {self.name} can read",
+                hint="shorten it (keep the part around the tokens you inspect), or use a model with a longer context",
+            )
+
     # -- tokens -----------------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         """Token ids of ``prompt``, with the special tokens the tokenizer adds (positions index these)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import shutil
 import tempfile
@@ -109,6 +110,35 @@ def _from_pretrained(source: str | Path, kwargs: dict):
         return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``): only cached hub models load."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return bool(constants.HF_HUB_OFFLINE) or flag in {"1", "true", "yes", "on"}
+
+
+def alias_guesses(name: str) -> list[str]:
+    """The embedded aliases ``name`` may be a typo or a shortening of, closest first."""
+    key = name.strip().lower()
+    starts = [alias for alias in EMBEDDED_MODELS if alias.startswith(key) or key.startswith(alias)]
+    close = difflib.get_close_matches(key, list(EMBEDDED_MODELS), n=3, cutoff=0.6)
+    return list(dict.fromkeys([*starts, *close]))
+
+
+def unknown_model_error(name: str, *, offline: bool = False) -> PatchscopesError:
+    """The error for a name that is no alias, file or folder (and, ``offline``, not in the hub's cache)."""
+    guesses = alias_guesses(name)
+    guess = f" — did you mean {guesses[0]!r}?" if guesses else ""
+    where = (": not an alias, a file or a folder, and not in the local Hugging Face cache (the hub is offline, "
+             "HF_HUB_OFFLINE=1)") if offline and not guesses else ""
+    return PatchscopesError(
+        f"unknown model {name!r}{guess}{where}",
+        hint=f"the aliases are {', '.join(EMBEDDED_MODELS)} (see `patchscopes models`); or give a .gguf file, a "
+        "model folder, or a hub id",
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -154,6 +184,9 @@ def load_model(
                 f"{name} is not a Hugging Face model folder (it has no config.json)",
                 hint="point to a folder written by save_pretrained, or to a .gguf file",
             )
+    elif "/" not in name and alias_guesses(name):
+        # A typo of an alias (smollm2 for smollm2-135m), not a hub id: say so rather than ask the hub.
+        raise unknown_model_error(name)
     kwargs: dict = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -165,6 +198,14 @@ def load_model(
             hf_model = _from_pretrained(source, kwargs)
     except PatchscopesError:
         raise
+    except OSError as err:
+        if source == name and hub_offline():
+            raise unknown_model_error(name, offline=True) from err
+        raise PatchscopesError(
+            f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            hint=f"use an embedded alias ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local model folder, "
+            "or a hub id where the Hugging Face hub is reachable",
+        ) from err
     except Exception as err:
         raise PatchscopesError(
             f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
