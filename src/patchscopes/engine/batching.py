@@ -100,8 +100,14 @@ def run_with_backoff(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T]) -
 def kv_bytes_per_token(model) -> int:
     """Bytes of key/value cache one token takes across all layers (an estimate from the config)."""
     cfg = model.hf.config.get_text_config() if hasattr(model.hf.config, "get_text_config") else model.hf.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or model.hidden_size // heads
+    def get(name: str):  # per-layer configs (Gemma 4) refuse global reads: take the estimate's fallback
+        try:
+            return getattr(cfg, name, None)
+        except Exception:
+            return None
+
+    heads = get("num_attention_heads") or get("n_head") or 1
+    kv_heads = get("num_key_value_heads") or heads
+    head_dim = get("head_dim") or model.hidden_size // heads
     element = torch.finfo(model.dtype).bits // 8
     return 2 * model.num_layers * kv_heads * head_dim * element

@@ -15,12 +15,18 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models.architectures import ArchitectureSpec
 from patchscopes.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, converted_dir, is_converted, mark_converted
 from patchscopes.models.language_model import LanguageModel
+from patchscopes.models.proof import FastPathSupport
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+
+
+# Proofs of checkpoints loaded from disk in this process, by (folder, its modification time, device, dtype,
+# layout): loading the same weights again reuses the outcome instead of proving them again.
+_PROVEN: dict[tuple, FastPathSupport] = {}
 
 
 @contextlib.contextmanager
@@ -91,6 +97,19 @@ def _convert_gguf(gguf_file: Path) -> Path:
     return target
 
 
+def _from_pretrained(source: str | Path, kwargs: dict):
+    """The causal LM at ``source``; for a multimodal model with no causal-LM class (LLaVA, Qwen-VL...), its
+    image-text-to-text model, whose language part patchscopes reads with text prompts."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+
+
 def hub_offline() -> bool:
     """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``): only cached hub models load."""
     from huggingface_hub import constants
@@ -144,7 +163,7 @@ def load_model(
         PatchscopesError: The name is unknown, an embedded package is missing (the message prints the
             install command), the GGUF file is corrupt, or the architecture is unknown.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not isinstance(name, str) or not name.strip():
         raise PatchscopesError("the model name is empty", hint=f"use e.g. {DEFAULT_MODEL!r}")
@@ -176,7 +195,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         with quiet_transformers():
-            hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            hf_model = _from_pretrained(source, kwargs)
     except PatchscopesError:
         raise
     except OSError as err:
@@ -201,4 +220,10 @@ def load_model(
                 f"could not move the model to device {device!r}: {err}",
                 hint="use 'cpu', or a device this machine has (see torch.cuda.is_available())",
             ) from err
-    return LanguageModel(hf_model, tokenizer, name=display, spec=spec)
+    key = None
+    if isinstance(source, Path) and source.is_dir():
+        key = (str(source.resolve()), (source / "config.json").stat().st_mtime_ns, device, str(hf_model.dtype), spec)
+    model = LanguageModel(hf_model, tokenizer, name=display, spec=spec, proof=_PROVEN.get(key))
+    if key is not None:
+        _PROVEN[key] = model.fast_path
+    return model
