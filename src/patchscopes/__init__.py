@@ -60,7 +60,17 @@ from patchscopes.presets import (
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
-from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
+from patchscopes.scope import (
+    AnswerProbs,
+    AttentionKnockout,
+    EmbeddingNoise,
+    Generate,
+    NextToken,
+    Patchscope,
+    Source,
+    Target,
+    Write,
+)
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
 
@@ -76,10 +86,13 @@ __all__ = [
     "TOKEN_IDENTITY",
     "TOKEN_IDENTITY_PROMPT",
     "Affine",
+    "AnswerProbs",
     "ArchitectureSpec",
+    "AttentionKnockout",
     "AttributeResults",
     "BatchBudget",
     "CrossModelMap",
+    "EmbeddingNoise",
     "Entity",
     "EntitySet",
     "FunctionMapping",
@@ -100,6 +113,7 @@ __all__ = [
     "Target",
     "TunedLensSettings",
     "TwoHopQuery",
+    "Write",
     "aligned_positions",
     "attributes_figure",
     "build_queries",

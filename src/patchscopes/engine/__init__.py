@@ -20,17 +20,23 @@ from patchscopes.engine.batched import run_batched
 from patchscopes.engine.batching import BatchBudget
 from patchscopes.engine.capture import capture_states
 from patchscopes.engine.generation import greedy_generate
+from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Write
 from patchscopes.engine.jobs import Job
-from patchscopes.engine.readouts import Generate, NextToken, Readings, Readout
+from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readings, Readout
 from patchscopes.engine.reference import run_reference, target_run
 
 __all__ = [
+    "EMBEDDINGS",
+    "AnswerProbs",
     "BatchBudget",
     "Generate",
     "Job",
+    "Knockout",
     "NextToken",
+    "Noise",
     "Readings",
     "Readout",
+    "Write",
     "capture_states",
     "greedy_generate",
     "run_batched",

@@ -40,6 +40,9 @@ class ArchitectureSpec:
         embed: Attribute path to the token embedding.
         logit_softcap: Name of the config attribute holding the final logit soft-capping value, if any
             (Gemma 2 and 3); the readout applies ``tanh(logits / cap) * cap`` as the model does.
+        mlp: Attribute path, inside a block, to its MLP (writes at the ``"mlp"`` site, causal tracing).
+        attention: Attribute path, inside a block, to its self-attention module (``"attn"`` writes,
+            attention knockout).
     """
 
     name: str
@@ -49,6 +52,8 @@ class ArchitectureSpec:
     unembed: str
     embed: str
     logit_softcap: str | None = None
+    mlp: str = "mlp"
+    attention: str = "self_attn|attn|attention"
 
 
 _LLAMA_LIKE = dict(blocks="model.layers", final_norm="model.norm", unembed="lm_head", embed="model.embed_tokens")
