@@ -91,8 +91,8 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             changed = [p for p in (tgt_pos, *extras["changed"]) if p >= 0]
             if changed and readout_pos < min(changed):
                 raise PatchscopesError(
-                    f"the readout position {readout_pos} comes before the first changed target position "
-                    f"{min(changed)}, so the patch cannot change it",
+                    f"the readout position {readout_pos} comes before the target position {min(changed)}, "
+                    "so the patch cannot change it",
                     hint="read at or after the patched position (the default reads the last token)",
                 )
             if readout.top_k < 1:
