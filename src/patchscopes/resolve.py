@@ -27,6 +27,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
     encoded: dict[tuple[int, str | tuple[int, ...]], list[int]] = {}
     texts: dict[tuple[int, tuple[int, ...]], str] = {}
     checked: set[tuple[int, int, int]] = set()
+    resolved: dict[tuple[int, int, tuple], Noise] = {}  # one Noise per EmbeddingNoise, model and prompt
 
     def encode(m: LanguageModel, prompt: str | tuple[int, ...], what: str) -> list[int]:
         if isinstance(prompt, (tuple, list)):
@@ -83,7 +84,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             tgt_pos = resolve_position(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
         else:
             src_model, src_ids, src_layer, src_pos, tgt_layer, tgt_pos = None, (), -1, -1, -1, -1
-        extras = _interventions(tgt_model, tgt, tgt_ids)
+        extras = _interventions(tgt_model, tgt, tgt_ids, resolved)
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
@@ -134,8 +135,11 @@ def _layer(model: LanguageModel, layer, site: str, what: str) -> int:
     return model.check_layer(layer, what)
 
 
-def _interventions(model: LanguageModel, target: Target, ids: list[int]) -> dict:
-    """The target's further writes, noise and knockout resolved, and the positions they change."""
+def _interventions(model: LanguageModel, target: Target, ids: list[int], resolved: dict) -> dict:
+    """The target's further writes, noise and knockout resolved, and the positions they change.
+
+    Scopes sharing one :class:`EmbeddingNoise` object on one prompt share one resolved noise, so the
+    batched engine runs their common corrupted run once."""
     writes, changed = [], []
     for k, w in enumerate(target.writes):
         layer = _layer(model, w.layer, w.site, f"layer of write {k}")
@@ -150,7 +154,10 @@ def _interventions(model: LanguageModel, target: Target, ids: list[int]) -> dict
         changed.append(pos)
     noise = None
     if target.noise is not None:
-        noise = resolve_noise(model, target.prompt, ids, target.noise)
+        key = (id(target.noise), id(model), tuple(ids))
+        if key not in resolved:
+            resolved[key] = resolve_noise(model, target.prompt, ids, target.noise)
+        noise = resolved[key]
         changed += list(noise.positions)
     knockout = None
     if target.knockout is not None:

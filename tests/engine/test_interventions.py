@@ -101,3 +101,23 @@ def test_bad_interventions_are_refused(tiny_llama):
         ps.run(Patchscope(None, Target(PROMPT, 0, knockout=AttentionKnockout((0,), (9,), query=2))), tiny_llama)
     with pytest.raises(ps.PatchscopesError, match="out of range"):
         ps.run(Patchscope(None, Target(PROMPT, 0, knockout=AttentionKnockout((7,), SUBJECT))), tiny_llama)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_restores_take_the_shared_base_path(family, monkeypatch):
+    import patchscopes.engine.batched as batched
+    from patchscopes.testing import tiny_model
+
+    model = tiny_model(family)
+    seen = []
+    original = batched.run_shared_base
+
+    def spy(jobs, *args, **kwargs):
+        out, left = original(jobs, *args, **kwargs)
+        seen.append((len(jobs), len(left)))
+        return out, left
+
+    monkeypatch.setattr(batched, "run_shared_base", spy)
+    scopes = _tracing_scopes(model, [0, 1, 2])
+    ps.run(scopes, model)
+    assert seen and seen[0][0] == len(scopes) - 1 and seen[0][1] == 0

@@ -34,6 +34,7 @@ from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
 from patchscopes.engine.row_hooks import row_hooks, suffix_start
+from patchscopes.engine.shared_base import run_shared_base, takes_shared_base
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 from patchscopes.models import LanguageModel
 
@@ -44,7 +45,13 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
     hidden = capture_sources(sourced, budget)
     values = apply_mappings(sourced, hidden)
     readings: dict[int, Readings] = {}
-    for (model, ids, i_star, readout_key, _), group in _target_groups(jobs).items():
+    rest = [job for job in jobs if not takes_shared_base(job)]
+    if len(rest) < len(jobs):  # rows on a shared base run (noise, knockout) with one block write
+        fast, left = run_shared_base([job for job in jobs if takes_shared_base(job)], values, budget,
+                                     _forward_to_unembedding, _next_token_readings, progress)
+        readings.update(fast)
+        rest += left
+    for (model, ids, i_star, readout_key, _), group in _target_groups(rest).items():
         if readout_key[0] == "next":
             out = _run_next_token_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         else:

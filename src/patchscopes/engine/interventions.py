@@ -129,9 +129,10 @@ def write_hook(rows: Sequence[int], cols: Sequence[int], values: torch.Tensor, a
     return hook
 
 
-def knockout_pre_hook(rows: Sequence[int], query: int, keys: Sequence[int], *, offset: int = 0,
+def knockout_pre_hook(rows: Sequence[int] | None, query: int, keys: Sequence[int], *, offset: int = 0,
                       once: bool = False) -> Callable:
-    """A forward pre-hook on an attention module masking the edges ``query -> keys`` of batch ``rows``.
+    """A forward pre-hook on an attention module masking the edges ``query -> keys`` of batch ``rows``
+    (``None``: every row).
 
     ``query`` and ``keys`` are absolute positions; the forward runs the queries from ``offset`` on (earlier
     tokens come from the cache). Works on the float (eager) and boolean (SDPA) masks Hugging Face passes,
@@ -165,7 +166,8 @@ def knockout_pre_hook(rows: Sequence[int], query: int, keys: Sequence[int], *, o
         columns = [k - first_column for k in keys if k >= first_column]
         if not columns:
             return None
-        row_index = torch.tensor(list(rows), dtype=torch.long, device=mask.device)
+        row_index = torch.arange(mask.shape[0], device=mask.device) if rows is None else \
+            torch.tensor(list(rows), dtype=torch.long, device=mask.device)
         key_index = torch.tensor(columns, dtype=torch.long, device=mask.device)
         mask[row_index[:, None], :, q, key_index[None, :]] = blocked
         kwargs["attention_mask"] = mask
