@@ -1,0 +1,116 @@
+"""``patchscopes trace``: causal tracing (Meng et al. 2022) of one prompt, as patchscopes.
+
+The computation is :func:`patchscopes.experiments.causal_tracing.causal_trace`; this module checks the
+options before the model loads, prints the strongest cells and writes ``--json`` / ``--plot``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from patchscopes.cli.app import app, console, handle_errors, write_json, wrote
+from patchscopes.cli.lens_cmd import set_threads
+from patchscopes.cli.options import (
+    DeviceOption,
+    DtypeOption,
+    EngineOption,
+    PlotOption,
+    ThreadsOption,
+    check_engine,
+    check_output_paths,
+)
+from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.causal_tracing import KINDS, causal_trace
+from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.plots import save_figure
+
+
+def check_subject(prompt: str, subject: str) -> None:
+    """Refuse an empty subject, or one that is not in the prompt, before the model loads."""
+    if not prompt.strip():
+        raise PatchscopesError("the prompt is empty", hint='e.g. "The Eiffel Tower is located in the city of"')
+    if not subject.strip():
+        raise PatchscopesError("the subject is empty", hint="give --subject as it appears in the prompt")
+    if subject.strip() not in prompt:
+        raise PatchscopesError(f"the subject {subject!r} does not occur in the prompt {prompt!r}",
+                               hint="give --subject exactly as it appears in the prompt")
+
+
+@app.command("trace")
+@handle_errors
+def trace_command(
+    prompt: Annotated[str, typer.Argument(help="The prompt, e.g. 'The Eiffel Tower is located in the city of'.")],
+    subject: Annotated[str, typer.Option("--subject", help="The subject (its tokens are corrupted).")],
+    answer: Annotated[
+        str | None, typer.Option("--answer", help="The answer traced (its first token); default: the model's "
+                                 "top prediction on the clean prompt.")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="state (one block output), mlp or attn (that module over a window).")
+    ] = "state",
+    window: Annotated[int, typer.Option("--window", help="Layers restored together for mlp / attn.")] = 10,
+    noise_samples: Annotated[int, typer.Option("--noise-samples", min=1, help="Corrupted runs averaged.")] = 10,
+    noise_scale: Annotated[
+        float | None, typer.Option("--noise-scale", help="ν, the noise's standard deviation.",
+                                   show_default="3 × the embeddings' standard deviation")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise.")] = 0,
+    model: Annotated[str, typer.Option("--model", "-m", help="The model (see `patchscopes models`).")] = DEFAULT_MODEL,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write one record per (layer, position) here.")
+    ] = None,
+    plot: PlotOption = None,
+    engine: EngineOption = "batched",
+    device: DeviceOption = "cpu",
+    dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Causal tracing: corrupt the subject's embeddings, restore clean states cell by cell, read p(answer).
+
+    Examples:
+
+        patchscopes trace "The Eiffel Tower is located in the city of" --subject "The Eiffel Tower" --plot t.html
+
+        patchscopes trace "The Eiffel Tower is located in the city of" --subject "Eiffel Tower" --kind mlp
+    """
+    check_subject(prompt, subject)
+    if answer is not None and not answer.strip():
+        raise PatchscopesError("the answer is empty", hint="give --answer ' Paris', or leave it out")
+    if kind not in KINDS:
+        raise PatchscopesError(f"unknown --kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+    if window < 1:
+        raise PatchscopesError(f"--window must be at least 1, got {window}")
+    check_engine(engine)
+    check_output_paths(json_path, plot)
+    set_threads(threads)
+    lm = load_model(model, device=device, dtype=dtype)
+    trace = causal_trace(lm, prompt, subject, answer=answer, kind=kind, window=window,  # type: ignore[arg-type]
+                         noise_samples=noise_samples, noise_scale=noise_scale, seed=seed, engine=engine,
+                         progress=True)
+    console.print(Text.assemble(("causal trace", "bold"), f" · {lm.name} · {prompt!r} · answer {trace.answer!r}"),
+                  soft_wrap=True)
+    console.print(f"p clean {trace.p_clean:.4f} · p corrupted {trace.p_corrupted:.4f} · total effect "
+                  f"{trace.total_effect:.4f} · ν {trace.noise_scale:.4g} · {trace.noise_samples} noise samples")
+    console.print(_top_cells(trace))
+    if json_path is not None:
+        write_json(trace.records(), json_path)
+        wrote("records", json_path)
+    if plot is not None:
+        wrote("heatmap", save_figure(trace.figure(), plot))
+
+
+def _top_cells(trace, n: int = 10) -> Table:
+    table = Table(title=f"largest indirect effects ({trace.kind})", title_justify="left")
+    for column in ("layer", "position", "token", "p restored", "indirect effect"):
+        table.add_column(column, justify="right" if column != "token" else "left")
+    records = sorted(trace.records(), key=lambda r: -r["indirect_effect"])[:n]
+    for r in records:
+        token = repr(r["token"]) + (" *" if r["is_subject"] else "")
+        table.add_row(str(r["layer"]), str(r["position"]), token, f"{r['p_restored']:.4f}",
+                      f"{r['indirect_effect']:+.4f}")
+    return table
