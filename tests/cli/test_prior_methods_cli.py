@@ -78,3 +78,12 @@ def test_bad_input_exits_2(tiny_dir, args, fragment):
     result = invoke(*args, "--model", tiny_dir)
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_inspect_selfie_records_relevancy(tiny_dir, tmp_path):
+    out = tmp_path / "s.json"
+    result = invoke("inspect", PROMPT, "--scope", "selfie", "--model", tiny_dir, "--layers", "1",
+                    "--positions", "-1", "--max-new-tokens", "3", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(out.read_text())
+    assert len(record["relevancy"]) == len(record["generated_token_ids"]) > 0

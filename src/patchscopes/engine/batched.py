@@ -33,6 +33,7 @@ from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.relevancy import relevancy_scores
 from patchscopes.engine.row_hooks import row_hooks, suffix_start
 from patchscopes.engine.shared_base import run_shared_base, takes_shared_base
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
@@ -57,6 +58,10 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
         else:
             out = _run_generate_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         readings.update(out)
+    for job in jobs:
+        if isinstance(job.readout, Generate) and job.readout.relevancy:
+            readings[job.index].relevancy = relevancy_scores(job, values.get(job.index),
+                                                             readings[job.index].generated_token_ids or [])
     return [readings[job.index] for job in jobs]
 
 

@@ -45,6 +45,8 @@ class Generate:
         stop: Strings that end generation; the text is cut before the first one.
         seed: Seed of the sampler, for reproducible samples.
         top_tokens: How many tokens of the first generated position's distribution to report.
+        relevancy: Also score each generated token by SelfIE's relevancy (its probability with the patch
+            minus without, teacher-forced; :mod:`patchscopes.engine.relevancy`).
     """
 
     max_new_tokens: int = 20
@@ -55,6 +57,7 @@ class Generate:
     stop: tuple[str, ...] = ()
     seed: int = 0
     top_tokens: int = 10
+    relevancy: bool = False
 
     def __post_init__(self) -> None:
         # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
@@ -111,3 +114,4 @@ class Readings:
     generated_token_ids: list[int] | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)
     answer_probs: list[float] | None = None  # AnswerProbs: p(first token of each answer)
+    relevancy: list[float] | None = None  # Generate(relevancy=True): one score per generated token

@@ -27,6 +27,7 @@ from patchscopes.engine.interventions import (
 )
 from patchscopes.engine.jobs import Job, answer_logprobs, finish_generation, top_readings
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.relevancy import relevancy_scores
 from patchscopes.models import LanguageModel
 
 
@@ -125,11 +126,13 @@ def run_reference(jobs: Iterable[Job], progress=None) -> list[Readings]:
             h = source_hidden(job)
             with torch.no_grad():
                 value = job.mapping(h[None])[0].to(job.target_model.dtype)
-        writes = [w for w in job.all_writes(value)]
+        writes = job.all_writes(value)
         readings = target_run(
             job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
             patch=None, writes=writes, noise=job.noise, knockout=job.knockout, answer_ids=job.answer_ids,
         )
+        if isinstance(job.readout, Generate) and job.readout.relevancy:
+            readings.relevancy = relevancy_scores(job, value, readings.generated_token_ids or [])
         results.append(readings)
         if progress is not None:
             progress.update(1)

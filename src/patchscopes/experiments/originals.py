@@ -7,6 +7,8 @@ exactly as the papers describe the procedures.
 - :func:`rome_causal_trace`: causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in
   GPT"): one batch holds the clean run and the corrupted runs (Gaussian noise on the subject's token
   embeddings), and for every (token, layer) cell one forward restores the clean state in the corrupted rows.
+- :func:`selfie_interpret`: SelfIE (Chen, Vondrick and Mao 2024): a hidden state injected at the placeholders of
+  an interpretation prompt, greedy generation, and the relevancy score of each generated token.
 - :func:`geva_knockout`: attention knockout (Geva et al. 2023, "Dissecting Recall of Factual Associations in
   Auto-Regressive Language Models"): the attention mask of a window of layers is replaced by a causal mask
   with the blocked edges removed, one forward per window.
@@ -129,3 +131,63 @@ def geva_knockout(model: LanguageModel, ids: Sequence[int], layers: Sequence[int
         for handle in handles:
             handle.remove()
     return torch.softmax(logits, dim=-1).cpu()
+
+
+def selfie_interpret(model: LanguageModel, source_ids: Sequence[int], layer: int, position: int,
+                     prompt_ids: Sequence[int], placeholders: Sequence[int], k: int = 1,
+                     max_new_tokens: int = 30) -> tuple[list[int], list[float]]:
+    """SelfIE as its paper describes it: the hidden state ``hidden_states[layer + 1][position]`` of the
+    source run replaces the input of decoder layer ``k`` at every placeholder while the interpretation
+    prompt is read (not during decoding); greedy generation; and the relevancy of each generated token, its
+    probability with the injection minus without, both teacher-forced on the generated text.
+
+    Returns:
+        The generated ids (cut at the first end-of-sequence token) and their relevancy scores.
+    """
+    with torch.no_grad():
+        out = model.hf(input_ids=torch.tensor([list(source_ids)], device=model.device), output_hidden_states=True)
+    h = out.hidden_states[layer + 1][0, position]
+    state = {"prefill": True}
+
+    def inject(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if hidden.shape[1] == 1 or not state["prefill"]:
+            return None
+        hidden = hidden.clone()
+        hidden[:, list(placeholders)] = h.to(hidden.dtype)
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = hidden
+            return args, kwargs
+        return (hidden, *args[1:]), kwargs
+
+    def run_with_injection(fn):
+        handle = model.arch.blocks[k].register_forward_pre_hook(inject, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                return fn()
+        finally:
+            handle.remove()
+
+    prompt = torch.tensor([list(prompt_ids)], device=model.device)
+    eos = sorted(model.eos_token_ids) or None
+    sequences = run_with_injection(lambda: model.hf.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=eos, pad_token_id=model.pad_token_id))
+    generated = []
+    for token in sequences[0, len(prompt_ids):].tolist():
+        if token in model.eos_token_ids:
+            break
+        generated.append(token)
+    if not generated:
+        return [], []
+    full = torch.tensor([list(prompt_ids) + generated], device=model.device)
+    n = len(prompt_ids)
+
+    def token_probs(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits[0, n - 1: n - 1 + len(generated)].float(), dim=-1)
+        return probs[torch.arange(len(generated)), torch.tensor(generated, device=probs.device)]
+
+    with_injection = token_probs(run_with_injection(lambda: model.hf(input_ids=full).logits))
+    with torch.no_grad():
+        without = token_probs(model.hf(input_ids=full).logits)
+    return generated, (with_injection - without).tolist()
