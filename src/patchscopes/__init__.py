@@ -18,7 +18,9 @@ from patchscopes.data.text import read_documents, split_documents
 from patchscopes.data.two_hop import TwoHopQuery, build_queries
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.attention_knockout import KnockoutResult, attention_knockout
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
+from patchscopes.experiments.causal_tracing import CausalTrace, causal_trace
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
 from patchscopes.experiments.knows_fact import knows_fact
@@ -53,10 +55,12 @@ from patchscopes.presets import (
     ENTITY_DESCRIPTION_PROMPT,
     LOGIT_LENS,
     PRESETS,
+    SELFIE,
     TOKEN_IDENTITY,
     TOKEN_IDENTITY_PROMPT,
     Preset,
     get_preset,
+    selfie_prompt,
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
@@ -83,6 +87,7 @@ __all__ = [
     "ENTITY_DESCRIPTION_PROMPT",
     "LOGIT_LENS",
     "PRESETS",
+    "SELFIE",
     "TOKEN_IDENTITY",
     "TOKEN_IDENTITY_PROMPT",
     "Affine",
@@ -91,6 +96,7 @@ __all__ = [
     "AttentionKnockout",
     "AttributeResults",
     "BatchBudget",
+    "CausalTrace",
     "CrossModelMap",
     "EmbeddingNoise",
     "Entity",
@@ -98,6 +104,7 @@ __all__ = [
     "FunctionMapping",
     "Generate",
     "Identity",
+    "KnockoutResult",
     "LanguageModel",
     "Lens",
     "Mapping",
@@ -115,9 +122,11 @@ __all__ = [
     "TwoHopQuery",
     "Write",
     "aligned_positions",
+    "attention_knockout",
     "attributes_figure",
     "build_queries",
     "cache_dir",
+    "causal_trace",
     "cross_model_samples",
     "describe_entities",
     "embedded_status",
@@ -151,6 +160,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "selfie_prompt",
     "split_documents",
     "summarize_cross_model",
     "summarize_descriptions",

@@ -13,22 +13,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors, write_json, wrote
-from patchscopes.cli.lens_cmd import set_threads
+from patchscopes.cli.app import app, console, handle_errors
 from patchscopes.cli.options import (
     DeviceOption,
     DtypeOption,
     EngineOption,
     PlotOption,
     ThreadsOption,
-    check_engine,
-    check_output_paths,
 )
-from patchscopes.cli.trace_cmd import check_subject
+from patchscopes.cli.trace_cmd import check_subject, checked_model, write_outputs
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attention_knockout import BLOCKED_SETS, attention_knockout
-from patchscopes.models import DEFAULT_MODEL, load_model
-from patchscopes.plots import save_figure
+from patchscopes.models import DEFAULT_MODEL
 
 
 @app.command("knockout")
@@ -57,20 +53,14 @@ def knockout_command(
     check_subject(prompt, subject)
     if window < 1:
         raise PatchscopesError(f"--window must be at least 1, got {window}")
-    check_engine(engine)
-    check_output_paths(json_path, plot)
-    set_threads(threads)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = checked_model(model, device=device, dtype=dtype, engine=engine, json_path=json_path, plot=plot,
+                       threads=threads)
     result = attention_knockout(lm, prompt, subject, window=window, engine=engine, progress=True)
     console.print(Text.assemble(("attention knockout", "bold"), f" · {lm.name} · {prompt!r} · prediction "
                                 f"{result.prediction!r} (p = {result.p_original:.4f}) · window {window}"),
                   soft_wrap=True)
     console.print(_table(result))
-    if json_path is not None:
-        write_json(result.records, json_path)
-        wrote("records", json_path)
-    if plot is not None:
-        wrote("figure", save_figure(result.figure(), plot))
+    write_outputs(result.records, result.figure, json_path, plot)
 
 
 def _table(result) -> Table:

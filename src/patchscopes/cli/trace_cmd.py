@@ -6,6 +6,7 @@ options before the model loads, prints the strongest cells and writes ``--json``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,7 @@ from patchscopes.cli.options import (
 )
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.causal_tracing import KINDS, causal_trace
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL, LanguageModel, load_model
 from patchscopes.plots import save_figure
 
 
@@ -39,6 +40,25 @@ def check_subject(prompt: str, subject: str) -> None:
     if subject.strip() not in prompt:
         raise PatchscopesError(f"the subject {subject!r} does not occur in the prompt {prompt!r}",
                                hint="give --subject exactly as it appears in the prompt")
+
+
+def checked_model(model: str, *, device: str, dtype: str | None, engine: str, json_path: Path | None,
+                  plot: Path | None, threads: int | None) -> LanguageModel:
+    """Check the shared options (engine, output names, threads), then load the model."""
+    check_engine(engine)
+    check_output_paths(json_path, plot)
+    set_threads(threads)
+    return load_model(model, device=device, dtype=dtype)
+
+
+def write_outputs(records: list[dict], figure: Callable[[], object], json_path: Path | None,
+                  plot: Path | None) -> None:
+    """Write the records to ``--json`` and the figure to ``--plot``, where asked for."""
+    if json_path is not None:
+        write_json(records, json_path)
+        wrote("records", json_path)
+    if plot is not None:
+        wrote("figure", save_figure(figure(), plot))
 
 
 @app.command("trace")
@@ -85,10 +105,8 @@ def trace_command(
         raise PatchscopesError(f"unknown --kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if window < 1:
         raise PatchscopesError(f"--window must be at least 1, got {window}")
-    check_engine(engine)
-    check_output_paths(json_path, plot)
-    set_threads(threads)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = checked_model(model, device=device, dtype=dtype, engine=engine, json_path=json_path, plot=plot,
+                       threads=threads)
     trace = causal_trace(lm, prompt, subject, answer=answer, kind=kind, window=window,  # type: ignore[arg-type]
                          noise_samples=noise_samples, noise_scale=noise_scale, seed=seed, engine=engine,
                          progress=True)
@@ -97,11 +115,7 @@ def trace_command(
     console.print(f"p clean {trace.p_clean:.4f} · p corrupted {trace.p_corrupted:.4f} · total effect "
                   f"{trace.total_effect:.4f} · ν {trace.noise_scale:.4g} · {trace.noise_samples} noise samples")
     console.print(_top_cells(trace))
-    if json_path is not None:
-        write_json(trace.records(), json_path)
-        wrote("records", json_path)
-    if plot is not None:
-        wrote("heatmap", save_figure(trace.figure(), plot))
+    write_outputs(trace.records(), trace.figure, json_path, plot)
 
 
 def _top_cells(trace, n: int = 10) -> Table:

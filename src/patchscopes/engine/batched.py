@@ -27,7 +27,7 @@ import torch
 
 from patchscopes.engine.batching import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
 from patchscopes.engine.hooks import StopForward, capture_hook, hooks_on, patch_hook
-from patchscopes.engine.interventions import register, site_module
+from patchscopes.engine.interventions import registered
 from patchscopes.engine.jobs import Job, answer_logprobs, cut_at_stop, finish_generation, top_readings
 from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
@@ -97,19 +97,15 @@ def _capture_batch(model: LanguageModel, prompts, needs) -> list[dict[tuple, tor
             per_layer[(layer, site)].append((row, pads[row] + pos, (prompt, layer, site, pos)))
     top = max(per_layer)
     store: dict = {}
-    handles = [
-        site_module(model, layer, site).register_forward_hook(capture_hook(
+    hooks = {
+        (layer, site): [capture_hook(
             torch.tensor([e[0] for e in entries]), torch.tensor([e[1] for e in entries]), store, (layer, site),
             stop=(layer, site) == top and site == "block",  # an MLP or attention site stops nothing
-        ))
+        )]
         for (layer, site), entries in per_layer.items()
-    ]
-    try:
-        with torch.no_grad(), contextlib.suppress(StopForward):
-            model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    }
+    with torch.no_grad(), registered(model, hooks), contextlib.suppress(StopForward):
+        model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
     parts: list[dict[tuple, torch.Tensor]] = [{} for _ in prompts]
     for layer, entries in per_layer.items():
         for k, (row, _, key) in enumerate(entries):
@@ -155,12 +151,8 @@ def _write_hooks(model: LanguageModel, part: Sequence[Job], values: dict[int, to
         with hooks_on(model.arch.blocks, _patch_hooks(part, values, once)):
             yield
         return
-    handles = register(model, *row_hooks(part, values, i_star, once))
-    try:
+    with registered(model, *row_hooks(part, values, i_star, once)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _patch_hooks(group: Sequence[Job], values: dict[int, torch.Tensor], once: bool) -> dict:

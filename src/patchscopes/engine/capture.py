@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from patchscopes.engine.hooks import StopForward, capture_hook
-from patchscopes.engine.interventions import register
+from patchscopes.engine.interventions import registered
 from patchscopes.engine.padding import left_pad
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -59,11 +59,6 @@ def capture_states(
     top = max(layers)
     store: dict = {}
     hooks = {(layer, site): [capture_hook(rows, cols, store, layer, stop=layer == top)] for layer in set(layers)}
-    handles = register(model, hooks)
-    try:
-        with torch.no_grad(), contextlib.suppress(StopForward):
-            model.forward(ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), registered(model, hooks), contextlib.suppress(StopForward):
+        model.forward(ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
     return torch.stack([store[layer].float().cpu() for layer in layers], dim=1)

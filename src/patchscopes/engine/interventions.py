@@ -14,7 +14,8 @@ tokens a forward actually runs (``offset`` tokens come from a key/value cache).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -176,17 +177,22 @@ def knockout_pre_hook(rows: Sequence[int] | None, query: int, keys: Sequence[int
     return hook
 
 
-def register(model: LanguageModel, plan: dict[tuple[int, str], list[Callable]],
-             pre: dict[int, list[Callable]] | None = None) -> list:
-    """Register forward hooks ``plan[(layer, site)]`` and attention pre-hooks ``pre[layer]``; the handles."""
+@contextlib.contextmanager
+def registered(model: LanguageModel, plan: dict[tuple[int, str], list[Callable]],
+               pre: dict[int, list[Callable]] | None = None) -> Iterator[None]:
+    """Within the block, forward hooks ``plan[(layer, site)]`` and attention pre-hooks ``pre[layer]`` are on."""
     handles = []
-    for (layer, site), hooks in plan.items():
-        module = site_module(model, layer, site)
-        handles += [module.register_forward_hook(h) for h in hooks]
-    for layer, hooks in (pre or {}).items():
-        module = site_module(model, layer, "attn")
-        handles += [module.register_forward_pre_hook(h, with_kwargs=True) for h in hooks]
-    return handles
+    try:
+        for (layer, site), hooks in plan.items():
+            module = site_module(model, layer, site)
+            handles += [module.register_forward_hook(h) for h in hooks]
+        for layer, hooks in (pre or {}).items():
+            module = site_module(model, layer, "attn")
+            handles += [module.register_forward_pre_hook(h, with_kwargs=True) for h in hooks]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def noise_write(noise: Noise) -> list[Write]:

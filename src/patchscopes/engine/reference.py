@@ -21,7 +21,7 @@ from patchscopes.engine.interventions import (
     check_knockout_support,
     knockout_pre_hook,
     noise_write,
-    register,
+    registered,
     site_module,
     write_hook,
 )
@@ -75,8 +75,7 @@ def target_run(
         check_knockout_support(model)
         pre = {layer: [knockout_pre_hook([0], knockout.query, knockout.keys, once=once)]
                for layer in knockout.layers}
-    handles = register(model, plan, pre)
-    try:
+    with registered(model, plan, pre):
         if isinstance(readout, NextToken):
             logits, _ = model.forward(input_ids, attention_mask=mask)
             row = logits[:, readout_position]
@@ -85,9 +84,6 @@ def target_run(
                 readings.answer_probs = answer_logprobs(torch.log_softmax(row[0].float(), -1), answer_ids)
             return readings
         return _generate(model, input_ids, mask, readout)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _generate(model: LanguageModel, input_ids: torch.Tensor, mask: torch.Tensor, readout: Generate) -> Readings:

@@ -19,7 +19,7 @@ from patchscopes.engine.interventions import (
     check_knockout_support,
     knockout_pre_hook,
     noise_write,
-    register,
+    registered,
     write_hook,
 )
 from patchscopes.engine.jobs import Job
@@ -44,12 +44,7 @@ def _token_probs(job: Job, writes: Sequence[Write], generated: Sequence[int]) ->
     if job.knockout is not None:
         check_knockout_support(model)
         pre = {layer: [knockout_pre_hook([0], job.knockout.query, job.knockout.keys)] for layer in job.knockout.layers}
-    handles = register(model, plan, pre)
-    try:
-        with torch.no_grad():
-            logits, _ = model.forward(sequence, attention_mask=torch.ones_like(sequence))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), registered(model, plan, pre):
+        logits, _ = model.forward(sequence, attention_mask=torch.ones_like(sequence))
     probs = torch.softmax(logits[0, len(ids) - 1: len(ids) - 1 + len(generated)].float(), dim=-1)
     return probs[torch.arange(len(generated)), torch.tensor(list(generated), device=probs.device)].tolist()

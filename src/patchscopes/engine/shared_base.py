@@ -32,7 +32,7 @@ from patchscopes.engine.interventions import (
     check_knockout_support,
     knockout_pre_hook,
     noise_write,
-    register,
+    registered,
     write_hook,
 )
 from patchscopes.engine.jobs import Job
@@ -73,14 +73,10 @@ def _base_run(model: LanguageModel, ids: Sequence[int], job: Job):
         check_knockout_support(model)
         pre = {layer: [knockout_pre_hook(None, job.knockout.query, job.knockout.keys)]
                for layer in job.knockout.layers}
-    handles = register(model, plan, pre)
-    try:
-        input_ids = torch.tensor([list(ids)])
+    input_ids = torch.tensor([list(ids)])
+    with registered(model, plan, pre):
         _, cache = model.forward(input_ids, attention_mask=torch.ones_like(input_ids),
                                  position_ids=torch.arange(n)[None], use_cache=True, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer).__name__ != "DynamicLayer" or layer.keys.shape[-2] != n for layer in layers):
         return None
@@ -158,14 +154,10 @@ def _run_start(first: Job, start: int, rows: list[tuple[Job, Write]], base, budg
         pre = {} if knockout is None else {
             layer: [knockout_pre_hook(None, knockout.query, knockout.keys, offset=start)]
             for layer in knockout.layers}
-        handles = register(model, {}, pre)
-        try:
-            with torch.no_grad(), staircase(model.arch.blocks, [w.layer for _, w in part], suffix_states, vecs):
-                hidden = forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                                 cache=shared, use_cache=shared is not None, logits_to_keep=keep)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with torch.no_grad(), registered(model, {}, pre), \
+                staircase(model.arch.blocks, [w.layer for _, w in part], suffix_states, vecs):
+            hidden = forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                             cache=shared, use_cache=shared is not None, logits_to_keep=keep)
         return readings(model, hidden[:, -keep], [job for job, _ in part])
 
     out: dict[int, Readings] = {}
