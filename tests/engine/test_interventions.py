@@ -121,3 +121,17 @@ def test_restores_take_the_shared_base_path(family, monkeypatch):
     scopes = _tracing_scopes(model, [0, 1, 2])
     ps.run(scopes, model)
     assert seen and seen[0][0] == len(scopes) - 1 and seen[0][1] == 0
+
+
+def test_writes_and_knockout_agree_on_smollm2(smollm2, assert_same):
+    scopes = [
+        Patchscope(Source(PROMPT, 5, "Tower"), Target("_ _ _ means", 0, 0, writes=(Write(0, 1), Write(0, 2))),
+                   Generate(max_new_tokens=4, relevancy=True)),
+        Patchscope(Source(PROMPT, "embeddings", "Tower"), Target(PROMPT, "embeddings", 3)),
+        Patchscope(None, Target(PROMPT, 0, knockout=AttentionKnockout(tuple(range(15, 24)), SUBJECT)),
+                   AnswerProbs(answers=(" Paris",))),
+    ]
+    got, ref = ps.run(scopes, smollm2), ps.run(scopes, smollm2, engine="reference")
+    assert_same(got, ref)
+    assert got[0].readings.relevancy == pytest.approx(ref[0].readings.relevancy, abs=1e-4)
+    assert got[2].readings.answer_probs == pytest.approx(ref[2].readings.answer_probs, abs=1e-4)
