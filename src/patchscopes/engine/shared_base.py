@@ -37,7 +37,6 @@ from patchscopes.engine.interventions import (
 )
 from patchscopes.engine.jobs import Job
 from patchscopes.engine.layer_skipping import staircase
-from patchscopes.engine.prefix import shared_prefix_view
 from patchscopes.engine.readouts import NextToken, Readings
 from patchscopes.models import LanguageModel
 
@@ -52,8 +51,9 @@ def takes_shared_base(job: Job) -> bool:
     return len(writes) == 1 and writes[0].site == "block" and writes[0].layer != EMBEDDINGS
 
 
-def _base_key(job: Job) -> tuple:
-    return (job.target_model, job.target_ids, job.readout_position, id(job.noise), job.knockout)
+def _group_key(job: Job) -> tuple:
+    """Jobs whose base runs differ only by their noise: their rows share forwards."""
+    return (job.target_model, job.target_ids, job.readout_position, job.knockout)
 
 
 def _base_run(model: LanguageModel, ids: Sequence[int], job: Job):
@@ -83,6 +83,24 @@ def _base_run(model: LanguageModel, ids: Sequence[int], job: Job):
     return cache, store
 
 
+def _per_row_prefix(caches: Sequence, length: int, row_base: torch.Tensor):
+    """A cache view for a forward whose rows attend to the first ``length`` tokens of their own base run's
+    cache (``caches[row_base[r]]``); like :func:`~patchscopes.engine.prefix.shared_prefix_view`, it stores
+    nothing. The rows that call it are always the first ones of the batch (the staircase's head)."""
+    keys = [torch.cat([c.layers[i].keys[..., :length, :] for c in caches]) for i in range(len(caches[0].layers))]
+    values = [torch.cat([c.layers[i].values[..., :length, :] for c in caches])
+              for i in range(len(caches[0].layers))]
+    view = _cut(caches[0], length)
+
+    def update(key_states, value_states, layer_idx, *args, **kwargs):
+        index = row_base[: key_states.shape[0]].to(key_states.device)
+        return (torch.cat([keys[layer_idx].index_select(0, index), key_states], dim=-2),
+                torch.cat([values[layer_idx].index_select(0, index), value_states], dim=-2))
+
+    view.update = update
+    return view
+
+
 def _cut(cache, length: int):
     """A copy of ``cache`` holding only its first ``length`` tokens."""
     out = copy.copy(cache)
@@ -99,6 +117,9 @@ def run_shared_base(jobs: Sequence[Job], values: dict[int, torch.Tensor], budget
     """Run the jobs :func:`takes_shared_base` accepts; returns their readings and the jobs it could not
     take (their base run's cache cannot be shared), for the generic path.
 
+    Rows of every base run of a prompt (causal tracing's noise samples) that write at the same position share
+    forwards: each attends to its own base run's prefix and starts from its own base run's states.
+
     Args:
         jobs: The jobs.
         values: f(h) of each job with a source.
@@ -109,60 +130,70 @@ def run_shared_base(jobs: Sequence[Job], values: dict[int, torch.Tensor], budget
     """
     out: dict[int, Readings] = {}
     left: list[Job] = []
-    bases: dict[tuple, list[Job]] = defaultdict(list)
+    groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in jobs:
-        bases[_base_key(job)].append(job)
-    for group in bases.values():
+        groups[_group_key(job)].append(job)
+    for group in groups.values():
         first = group[0]
+        base_of: dict[int, int] = {}  # id(noise) -> base index
+        firsts: list[Job] = []
+        for job in group:
+            if id(job.noise) not in base_of:
+                base_of[id(job.noise)] = len(firsts)
+                firsts.append(job)
         with torch.no_grad():
-            base = _base_run(first.target_model, first.target_ids, first)
-        if base is None:
+            bases = [_base_run(first.target_model, first.target_ids, job) for job in firsts]
+        if any(base is None for base in bases):
             left += group
             continue
-        by_start: dict[int, list[tuple[Job, Write]]] = defaultdict(list)
+        by_start: dict[int, list[tuple[Job, Write, int]]] = defaultdict(list)
         for job in group:
             (w,) = job.all_writes(values.get(job.index))
-            by_start[w.position].append((job, w))
+            by_start[w.position].append((job, w, base_of[id(job.noise)]))
         for start, rows in by_start.items():
             rows.sort(key=lambda r: r[1].layer)
-            out.update(_run_start(first, start, rows, base, budget, forward, readings, progress))
+            out.update(_run_start(first, start, rows, bases, budget, forward, readings, progress))
     return out, left
 
 
-def _run_start(first: Job, start: int, rows: list[tuple[Job, Write]], base, budget: BatchBudget,
+def _run_start(first: Job, start: int, rows: list[tuple[Job, Write, int]], bases: list, budget: BatchBudget,
                forward: Callable, readings: Callable, progress) -> dict[int, Readings]:
-    """The rows of one base run that write at position ``start``, sorted by their write layer."""
+    """The rows that write at position ``start`` (each on its base run), sorted by their write layer."""
     model, ids, knockout = first.target_model, first.target_ids, first.knockout
-    cache, states = base
     keep = len(ids) - first.readout_position
     n_suffix = len(ids) - start
-    shared = shared_prefix_view(_cut(cache, start)) if start > 0 else None
-    suffix_states = {j: s[start:] for j, s in states.items()}
     element = torch.finfo(model.dtype).bits // 8
-    row_bytes = kv_bytes_per_token(model) * len(ids) // max(1, model.num_layers) \
-        + n_suffix * model.hidden_size * element * 16 + model.vocab_size * 8
+    row_bytes = kv_bytes_per_token(model) * len(ids) + n_suffix * model.hidden_size * element * 16 \
+        + model.vocab_size * 8
     size = budget.rows_per_batch(n_suffix, row_bytes)
 
-    def run(part: Sequence[tuple[Job, Write]]) -> list[Readings]:
+    def run(part: Sequence[tuple[Job, Write, int]]) -> list[Readings]:
+        base_index = torch.tensor([b for _, _, b in part])
+        layers = [w.layer for _, w, _ in part]
+        landing: dict[int, list[int]] = defaultdict(list)
+        for r, layer in enumerate(layers):
+            landing[layer].append(r)
+        states = {layer: torch.stack([bases[part[r][2]][1][layer][start:] for r in rs])
+                  for layer, rs in landing.items()}
         vecs = torch.stack([
-            (suffix_states[w.layer][0] + w.value.to(suffix_states[w.layer].dtype)) if w.add else w.value
-            for _, w in part])
+            (bases[b][1][w.layer][start] + w.value.to(bases[b][1][w.layer].dtype)) if w.add else w.value
+            for _, w, b in part])
         n = len(part)
         input_ids = torch.tensor(list(ids[start:]))[None].expand(n, -1).contiguous()
         positions = torch.arange(start, len(ids))[None].expand(n, -1).contiguous()
         mask = torch.ones((n, len(ids)), dtype=torch.long)
+        cache = _per_row_prefix([c for c, _ in bases], start, base_index) if start > 0 else None
         pre = {} if knockout is None else {
             layer: [knockout_pre_hook(None, knockout.query, knockout.keys, offset=start)]
             for layer in knockout.layers}
-        with torch.no_grad(), registered(model, {}, pre), \
-                staircase(model.arch.blocks, [w.layer for _, w in part], suffix_states, vecs):
+        with torch.no_grad(), registered(model, {}, pre), staircase(model.arch.blocks, layers, states, vecs):
             hidden = forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                             cache=shared, use_cache=shared is not None, logits_to_keep=keep)
-        return readings(model, hidden[:, -keep], [job for job, _ in part])
+                             cache=cache, use_cache=cache is not None, logits_to_keep=keep)
+        return readings(model, hidden[:, -keep], [job for job, _, _ in part])
 
     out: dict[int, Readings] = {}
     for part in chunks(rows, size):
-        out.update(zip([job.index for job, _ in part], run_with_backoff(run, part)))
+        out.update(zip([job.index for job, _, _ in part], run_with_backoff(run, part)))
         if progress is not None:
             progress.update(len(part))
     return out
