@@ -6,6 +6,10 @@
 - :mod:`~patchscopes.engine.batched`: the fast engine (sources captured in one early-stopped forward, shared
   target prefixes, many patch layers per forward, vocabulary slices); :mod:`~patchscopes.engine.reference`: the
   plain one, one hooked forward per patch, the ground truth the tests compare against.
+- :mod:`~patchscopes.engine.interventions`: what a target run may carry beside the patch (:class:`Write` at
+  blocks, MLP or attention outputs or the embeddings, embedding :class:`Noise`, attention :class:`Knockout`)
+  and the hooks both engines use for them; ``row_hooks`` (rows with any of them, batched), ``shared_base``
+  (causal tracing's restores on a shared corrupted run) and ``relevancy`` (SelfIE's score).
 - Helpers of the batched engine: ``batching`` (micro-batch budgets), ``prefix`` (shared key/value caches),
   ``layer_skipping`` (rows that skip the blocks below their l*), ``unembedding`` (top-k over vocabulary slices),
   ``hooks``, ``padding``, ``generation`` (batched greedy generation without patches).
