@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 import patchscopes
 from patchscopes.cli import app
 from patchscopes.models import EMBEDDED_MODELS, EmbeddedModel
-from patchscopes.testing import tiny_model
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -24,16 +23,6 @@ PROMPT = "Hi you"  # byte tokens + <bos>: 7 positions on the tiny models
 
 def invoke(*args: str):
     return runner.invoke(app, list(args), env=ENV)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama (3 layers) saved as a Hugging Face folder, to pass as --model."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def assert_clean_error(result, *fragments: str) -> None:

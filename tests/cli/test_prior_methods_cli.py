@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from patchscopes.cli import app
-from patchscopes.testing import tiny_model
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -20,15 +19,6 @@ PROMPT, SUBJECT = "Ann is in Rome", "Ann"
 
 def invoke(*args: str):
     return runner.invoke(app, list(args), env=ENV)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_trace_writes_records_and_heatmap(tiny_dir, tmp_path):
