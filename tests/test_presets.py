@@ -13,7 +13,7 @@ PROMPT = "The Eiffel Tower is in Paris"
 
 
 def test_registry():
-    assert set(ps.PRESETS) == {"token-identity", "logit-lens", "description"}
+    assert set(ps.PRESETS) == {"token-identity", "logit-lens", "description", "selfie"}
     assert ps.get_preset("logit-lens") is ps.LOGIT_LENS
     assert ps.get_preset(ps.TOKEN_IDENTITY) is ps.TOKEN_IDENTITY
     with pytest.raises(PatchscopesError, match="unknown scope 'tuned-lens'") as info:

@@ -19,7 +19,9 @@ from patchscopes.data.two_hop import TwoHopQuery, build_queries
 from patchscopes.display import HeatmapView, show
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
+from patchscopes.experiments.attention_knockout import KnockoutResult, attention_knockout
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
+from patchscopes.experiments.causal_tracing import CausalTrace, causal_trace
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
 from patchscopes.experiments.knows_fact import knows_fact
@@ -56,15 +58,27 @@ from patchscopes.presets import (
     ENTITY_DESCRIPTION_PROMPT,
     LOGIT_LENS,
     PRESETS,
+    SELFIE,
     TOKEN_IDENTITY,
     TOKEN_IDENTITY_PROMPT,
     Preset,
     get_preset,
+    selfie_prompt,
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
 from patchscopes.runs import Executor, LocalExecutor, ModelSpec, RayExecutor, RunDir
-from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
+from patchscopes.scope import (
+    AnswerProbs,
+    AttentionKnockout,
+    EmbeddingNoise,
+    Generate,
+    NextToken,
+    Patchscope,
+    Source,
+    Target,
+    Write,
+)
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
 
@@ -77,13 +91,18 @@ __all__ = [
     "ENTITY_DESCRIPTION_PROMPT",
     "LOGIT_LENS",
     "PRESETS",
+    "SELFIE",
     "TOKEN_IDENTITY",
     "TOKEN_IDENTITY_PROMPT",
     "Affine",
+    "AnswerProbs",
     "ArchitectureSpec",
+    "AttentionKnockout",
     "AttributeResults",
     "BatchBudget",
+    "CausalTrace",
     "CrossModelMap",
+    "EmbeddingNoise",
     "Entity",
     "EntitySet",
     "Executor",
@@ -92,6 +111,7 @@ __all__ = [
     "Generate",
     "HeatmapView",
     "Identity",
+    "KnockoutResult",
     "LanguageModel",
     "Lens",
     "LocalExecutor",
@@ -111,10 +131,13 @@ __all__ = [
     "Target",
     "TunedLensSettings",
     "TwoHopQuery",
+    "Write",
     "aligned_positions",
+    "attention_knockout",
     "attributes_figure",
     "build_queries",
     "cache_dir",
+    "causal_trace",
     "cross_model_samples",
     "describe_entities",
     "discover_architecture",
@@ -149,6 +172,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "selfie_prompt",
     "show",
     "split_documents",
     "summarize_cross_model",

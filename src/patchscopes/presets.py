@@ -8,16 +8,30 @@ A :class:`Preset` builds the target of a patch from its source: the target promp
   l* = l, next-token readout.
 - :data:`ENTITY_DESCRIPTION`: the paper's few-shot description prompt ending in the placeholder ``x``,
   l* = l, generation.
+- :data:`SELFIE`: SelfIE (Chen, Vondrick and Mao 2024): the interpretation prompt "[INST] _ _ _ _ _ [/INST]
+  Sure, I will summarize the message:" (in the model's chat template where it has one), h written at each of
+  the five placeholders at a fixed layer, greedy generation, and the relevancy score of every generated
+  token (:mod:`patchscopes.engine.relevancy`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
-from patchscopes.scope import Generate, NextToken, Patchscope, Readout, Source, Target, contains_placeholder
+from patchscopes.scope import (
+    Generate,
+    NextToken,
+    Patchscope,
+    Readout,
+    Source,
+    Target,
+    Write,
+    contains_placeholder,
+)
 
 TOKEN_IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 ENTITY_DESCRIPTION_PROMPT = (
@@ -43,6 +57,8 @@ class Preset:
         separator: What separates a name from its description in a few-shot prompt (``":"`` in
             ``"Syria: Country in the Middle East, x"``): the model's continuation of ``x`` starts with it,
             and :meth:`clean` strips it. ``None``: nothing to strip.
+        prompt_builder: Builds the target prompt for a model, as token ids with the positions to write
+            (f(h) goes to each); overrides ``target_prompt`` and ``target_position`` (SelfIE).
     """
 
     name: str
@@ -67,6 +83,7 @@ class Preset:
         if stripped.startswith(self.separator):
             stripped = stripped[len(self.separator):]
         return stripped.strip()
+    prompt_builder: Callable[[LanguageModel], tuple[tuple[int, ...], tuple[int, ...]]] | None = None
 
     def with_options(
         self,
@@ -79,6 +96,9 @@ class Preset:
     ) -> Preset:
         """A copy with some fields changed; checks a placeholder prompt keeps its placeholder."""
         preset = self
+        if target_prompt is not None and self.prompt_builder is not None:
+            raise PatchscopesError(f"the {self.name} preset builds its own target prompt",
+                                   hint="leave out the target prompt")
         if target_prompt is not None:
             if self.placeholder and not contains_placeholder(target_prompt, self.placeholder):
                 raise PatchscopesError(
@@ -122,8 +142,12 @@ class Preset:
         readout = self.readout
         if self.target_prompt is None and isinstance(readout, NextToken):
             readout = replace(readout, position=position)  # T = S: read where we patched
+        writes: tuple[Write, ...] = ()
+        if self.prompt_builder is not None:
+            prompt, positions = self.prompt_builder(target_model)
+            position, writes = positions[0], tuple(Write(layer, p) for p in positions[1:])
         target = Target(prompt, layer, position, mapping=mapping,
-                        model=target_model if target_model is not source_model else None)
+                        model=target_model if target_model is not source_model else None, writes=writes)
         return Patchscope(source, target, readout)
 
 
@@ -134,11 +158,54 @@ ENTITY_DESCRIPTION = Preset(
     placeholder="x", separator=":",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION)}
+SELFIE_PLACEHOLDERS = 5
+SELFIE_REPLY = "Sure, I will summarize the message:"
+
+
+def selfie_prompt(model: LanguageModel, placeholders: int = SELFIE_PLACEHOLDERS,
+                  reply: str = SELFIE_REPLY) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """SelfIE's interpretation prompt for ``model``: token ids and the placeholders' positions.
+
+    SelfIE writes h into the input of decoder layer k (its quickstart's k = 1), that is, in this library's
+    convention, over the output of block k − 1: the preset's default target layer 0.
+
+    The user turn holds ``placeholders`` placeholders ``"_ "`` and the assistant's turn starts with
+    ``reply``, in the model's chat template where its tokenizer has one, else in SelfIE's Llama-2 form
+    ``"[INST] _ _ _ _ _ [/INST] Sure, I will summarize the message:"``. Each placeholder's positions are
+    found as SelfIE does: the tokens the text gains when ``"_ "`` is appended.
+    """
+    mark = "\x00PLACEHOLDERS\x00"
+    tokenizer = model.tokenizer
+    before, after = "[INST] ", " [/INST] " + reply
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # a template that cannot render a plain user turn: SelfIE's own form
+            text = None
+        if isinstance(text, str) and mark in text:
+            before, after = text.split(mark)
+            after += reply
+            bos = getattr(tokenizer, "bos_token", None)
+            if bos and before.startswith(bos) and model.encode("")[:1] == [tokenizer.bos_token_id]:
+                before = before[len(bos):]  # encode() adds it again
+    text, positions = before, []
+    for _ in range(placeholders):
+        start = len(model.encode(text))
+        text += "_ "
+        positions += range(start, len(model.encode(text)))
+    ids = model.encode(text + after)
+    positions = [p for p in positions if p < len(ids)]
+    return tuple(ids), tuple(positions)
+
+
+SELFIE = Preset("selfie", None, None, 0, Generate(max_new_tokens=30, relevancy=True), prompt_builder=selfie_prompt)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION, SELFIE)}
 
 
 def get_preset(name: str | Preset) -> Preset:
-    """A preset by name (``logit-lens``, ``token-identity``, ``description``) or the preset itself."""
+    """A preset by name (``logit-lens``, ``token-identity``, ``description``, ``selfie``) or the preset itself."""
     if isinstance(name, Preset):
         return name
     if name not in PRESETS:

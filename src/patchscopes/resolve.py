@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from patchscopes.engine import Generate, Job, NextToken, Readings
+import torch
+
+from patchscopes.engine import AnswerProbs, Generate, Job, NextToken, Readings
+from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise
+from patchscopes.engine.interventions import Write as EngineWrite
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
-from patchscopes.scope import Patchscope, resolve_position
+from patchscopes.scope import EMBEDDINGS as EMBEDDINGS_NAME
+from patchscopes.scope import AttentionKnockout, EmbeddingNoise, Patchscope, Target, resolve_position, token_span
 
 
 def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> list[Job]:
@@ -22,6 +27,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
     encoded: dict[tuple[int, str | tuple[int, ...]], list[int]] = {}
     texts: dict[tuple[int, tuple[int, ...]], str] = {}
     checked: set[tuple[int, int, int]] = set()
+    resolved: dict[tuple[int, int, tuple], Noise] = {}  # one Noise per EmbeddingNoise, model and prompt
 
     def encode(m: LanguageModel, prompt: str | tuple[int, ...], what: str) -> list[int]:
         if isinstance(prompt, (tuple, list)):
@@ -54,10 +60,10 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
     layers: dict[tuple, int] = {}
     positions: dict[tuple, int] = {}
 
-    def layer_of(m: LanguageModel, layer: int, what: str) -> int:
-        key = (id(m), layer, what, type(layer))
+    def layer_of(m: LanguageModel, layer: int | str, site: str, what: str) -> int:
+        key = (id(m), layer, site, what, type(layer))
         if key not in layers:
-            layers[key] = m.check_layer(layer, what)
+            layers[key] = _layer(m, layer, site, what)
         return layers[key]
 
     def position_of(m: LanguageModel, prompt, ids: list[int], position: int | str, what: str) -> int:
@@ -79,25 +85,32 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         if not isinstance(scope, Patchscope):
             raise PatchscopesError(f"expected a Patchscope, got {type(scope).__name__}")
         src, tgt = scope.source, scope.target
-        src_model = src.model or model
-        if src_model is None:
+        src_model = (src.model if src is not None else None) or model
+        tgt_model = tgt.model or (src.model if src is not None else None) or model
+        if src is not None and src_model is None:
             raise PatchscopesError(
                 "no model to run the source on", hint="pass model=... or set Source(model=...)"
             )
-        tgt_model = tgt.model or src.model or model
-        src_ids = encode(src_model, src.prompt, "source prompt")
+        if tgt_model is None:
+            raise PatchscopesError("no model to run the target on", hint="pass model=... or set Target(model=...)")
         tgt_ids = encode(tgt_model, tgt.prompt, "target prompt")
-        src_layer = layer_of(src_model, src.layer, "source layer")
-        tgt_layer = layer_of(tgt_model, tgt.layer, "target layer")
-        src_pos = position_of(src_model, src.prompt, src_ids, src.position, "source position")
-        tgt_pos = position_of(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
+        if src is not None:
+            src_ids = encode(src_model, src.prompt, "source prompt")
+            src_layer = layer_of(src_model, src.layer, src.site, "source layer")
+            src_pos = position_of(src_model, src.prompt, src_ids, src.position, "source position")
+            tgt_layer = layer_of(tgt_model, tgt.layer, tgt.site, "target layer")
+            tgt_pos = position_of(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
+        else:
+            src_model, src_ids, src_layer, src_pos, tgt_layer, tgt_pos = None, (), -1, -1, -1, -1
+        extras = _interventions(tgt_model, tgt, tgt_ids, resolved)
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
             readout_pos = position_of(tgt_model, tgt.prompt, tgt_ids, readout.position, "readout position")
-            if readout_pos < tgt_pos:
+            changed = [p for p in (tgt_pos, *extras["changed"]) if p >= 0]
+            if changed and readout_pos < min(changed):
                 raise PatchscopesError(
-                    f"the readout position {readout_pos} comes before the target position {tgt_pos}, "
+                    f"the readout position {readout_pos} comes before the target position {min(changed)}, "
                     "so the patch cannot change it",
                     hint="read at or after the patched position (the default reads the last token)",
                 )
@@ -112,22 +125,127 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             raise PatchscopesError(f"unknown readout {readout!r}", hint="use NextToken(...) or Generate(...)")
         mapping = as_mapping(tgt.mapping)
         key = (id(mapping), id(src_model), id(tgt_model))
-        if key not in checked:
+        if src_model is not None and key not in checked:
             check_mapping(mapping, src_model.hidden_size, tgt_model.hidden_size,
                           dtype=src_model.dtype, device=src_model.device)
             checked.add(key)
+        answer_ids = ()
+        if isinstance(readout, AnswerProbs):
+            answer_ids = tuple(answer_token(tgt_model, tgt.prompt, tgt_ids, a) for a in readout.answers)
         jobs.append(
             Job(index, src_model, tuple(src_ids), src_layer, src_pos, tgt_model, tuple(tgt_ids),
                 tgt_layer, tgt_pos, mapping, readout, readout_pos,
-                source_text=text(src_model, src.prompt), target_text=text(tgt_model, tgt.prompt))
+                source_text=None if src is None else text(src_model, src.prompt),
+                target_text=text(tgt_model, tgt.prompt),
+                add=tgt.add, writes=extras["writes"], noise=extras["noise"], knockout=extras["knockout"],
+                answer_ids=answer_ids, source_site=src.site if src is not None else "block",
+                target_site=tgt.site)
         )
     return jobs
+
+
+def _layer(model: LanguageModel, layer, site: str, what: str) -> int:
+    """A layer index, or :data:`~patchscopes.engine.interventions.EMBEDDINGS` for ``"embeddings"``."""
+    if site not in SITES:
+        raise PatchscopesError(f"unknown site {site!r}", hint=f"use one of {', '.join(SITES)}")
+    if layer == EMBEDDINGS_NAME:
+        if site != "block":
+            raise PatchscopesError(f"the embeddings have no {site} site", hint="use site='block'")
+        return EMBEDDINGS
+    return model.check_layer(layer, what)
+
+
+def _interventions(model: LanguageModel, target: Target, ids: list[int], resolved: dict) -> dict:
+    """The target's further writes, noise and knockout resolved, and the positions they change.
+
+    Scopes sharing one :class:`EmbeddingNoise` object on one prompt share one resolved noise, so the
+    batched engine runs their common corrupted run once."""
+    writes, changed = [], []
+    for k, w in enumerate(target.writes):
+        layer = _layer(model, w.layer, w.site, f"layer of write {k}")
+        pos = resolve_position(model, target.prompt, ids, w.position, f"position of write {k}")
+        value = w.value
+        if value is not None:
+            value = torch.as_tensor(value).detach()
+            if value.shape != (model.hidden_size,):
+                raise PatchscopesError(f"write {k} has a value of shape {tuple(value.shape)}, "
+                                       f"not ({model.hidden_size},)")
+        writes.append(EngineWrite(layer, pos, value, w.site, w.add))
+        changed.append(pos)
+    noise = None
+    if target.noise is not None:
+        key = (id(target.noise), id(model), tuple(ids))
+        if key not in resolved:
+            resolved[key] = resolve_noise(model, target.prompt, ids, target.noise)
+        noise = resolved[key]
+        changed += list(noise.positions)
+    knockout = None
+    if target.knockout is not None:
+        knockout = resolve_knockout(model, target.prompt, ids, target.knockout)
+        changed.append(knockout.query)
+    return {"writes": tuple(writes), "noise": noise, "knockout": knockout, "changed": changed}
+
+
+def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: EmbeddingNoise) -> Noise:
+    """The noise's token positions and vectors (drawn from its seed unless given)."""
+    positions = token_span(model, prompt, ids, noise.positions, "noise position")
+    if noise.values is not None:
+        values = torch.as_tensor(noise.values).detach()
+        if values.shape != (len(positions), model.hidden_size):
+            raise PatchscopesError(
+                f"the noise has shape {tuple(values.shape)}, but {len(positions)} tokens of width "
+                f"{model.hidden_size} are noised",
+                hint=f"give a tensor of shape ({len(positions)}, {model.hidden_size})")
+    else:
+        if not noise.scale >= 0:
+            raise PatchscopesError(f"the noise scale must be non-negative, got {noise.scale}")
+        generator = torch.Generator().manual_seed(int(noise.seed))
+        values = torch.randn((len(positions), model.hidden_size), generator=generator) * noise.scale
+    return Noise(positions, values)
+
+
+def resolve_knockout(model: LanguageModel, prompt, ids: list[int], knockout: AttentionKnockout) -> Knockout:
+    """The knockout's layers, query and key positions resolved."""
+    if not knockout.layers:
+        raise PatchscopesError("the knockout has no layers", hint="give at least one layer")
+    layers = tuple(sorted({model.check_layer(layer, "knockout layer") for layer in knockout.layers}))
+    query = resolve_position(model, prompt, ids, knockout.query, "knockout query")
+    keys = token_span(model, prompt, ids, knockout.keys, "knockout keys")
+    if any(k > query for k in keys):
+        raise PatchscopesError(f"knockout keys {keys} come after the query {query}; a causal model never "
+                               "attends to them", hint="give keys at or before the query position")
+    return Knockout(layers, query, keys)
+
+
+def answer_token(model: LanguageModel, prompt, ids: list[int], answer: str | int) -> int:
+    """The first token of ``answer`` as it continues ``prompt`` (see :class:`AnswerProbs`)."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        if not 0 <= answer < model.vocab_size:
+            raise PatchscopesError(f"answer token id {answer} is outside the vocabulary of {model.name}")
+        return answer
+    if not isinstance(answer, str) or not answer.strip():
+        raise PatchscopesError("an answer is empty", hint="give the answer's text, e.g. ' Paris'")
+    if isinstance(prompt, str):
+        full = model.encode(prompt + answer)
+        if full[: len(ids)] == list(ids) and len(full) > len(ids):
+            return full[len(ids)]
+    alone = list(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if not alone:
+        raise PatchscopesError(f"the answer {answer!r} has no tokens")
+    return alone[0]
 
 
 
 
 def to_result(job: Job, scope: Patchscope, readings: Readings) -> PatchResult:
     """Wrap the readings of ``job``'s patched run into a :class:`PatchResult`."""
+    if job.source_model is None:  # a target run with interventions only
+        return PatchResult(
+            source_model="", source_prompt="", source_layer=-1, source_position=-1, source_token="",
+            target_model=job.target_model.name,
+            target_prompt=job.target_text if job.target_text is not None else scope.target.prompt,
+            target_layer=-1, target_position=-1, mapping="", readings=readings,
+        )
     src_token = job.source_model.token_strings([job.source_ids[job.source_position]])[0]
     return PatchResult(
         source_model=job.source_model.name,

@@ -21,7 +21,8 @@ __all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_
 
 LIST_COLUMNS = (
     "top_tokens", "top_token_ids", "top_probs",
-    "baseline_top_tokens", "baseline_top_token_ids", "baseline_top_probs", "generated_token_ids",
+    "baseline_top_tokens", "baseline_top_token_ids", "baseline_top_probs", "generated_token_ids", "answer_probs",
+    "relevancy",
 )
 
 
@@ -83,6 +84,7 @@ class PatchResult:
         record.update(
             top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,
             generated_text=r.generated_text, generated_token_ids=r.generated_token_ids,
+            answer_probs=r.answer_probs, relevancy=r.relevancy,
         )
         b = self.baseline
         record.update(

@@ -73,7 +73,7 @@ def run(
     if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
         shard_size = DEFAULT_SHARD_SIZE
     shards = plan_shards(jobs, shard_size, engine, keyed=run_dir is not None)
-    models = list({job.source_model: None for job in jobs} | {job.target_model: None for job in jobs})
+    models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m is not None))
     store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
                          models=models, data=[shard.key for shard in shards])
     readings: list[Readings | None] = [None] * len(jobs)
@@ -103,7 +103,7 @@ def run(
 
 def batched_applies(jobs: Sequence[Job]) -> bool:
     """Whether the batched engine is exact on every model of ``jobs``; warns naming those it is not."""
-    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model)}
+    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model) if m is not None}
     slow = [m for m in models.values() if not m.fast_path.batched]
     for model in slow:
         warnings.warn(f"{model.name}: the batched engine's fast path does not apply ({model.fast_path.reason}); "

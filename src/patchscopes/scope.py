@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
-from patchscopes.engine.readouts import Generate, NextToken, Readout
+import torch
+
+from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readout
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import Mapping
 from patchscopes.models import LanguageModel
 
 __all__ = [
-    "Generate", "NextToken", "Patchscope", "Readout", "Source", "Target", "contains_placeholder", "resolve_position",
+    "EMBEDDINGS", "AnswerProbs", "AttentionKnockout", "EmbeddingNoise", "Generate", "NextToken", "Patchscope",
+    "Readout", "Source", "Target", "Write", "contains_placeholder", "resolve_position", "token_span",
 ]
+
+EMBEDDINGS = "embeddings"
+"""The layer name of the token embeddings (the input of block 0): ``Target(prompt, layer="embeddings")``."""
+
+Layer = int | Literal["embeddings"]
+Site = Literal["block", "mlp", "attn"]
+Positions = int | str | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -43,9 +54,62 @@ class Source:
     """
 
     prompt: str | tuple[int, ...]
-    layer: int
+    layer: Layer
     position: int | str = -1
     model: LanguageModel | None = field(default=None, repr=False)
+    site: Site = "block"
+
+
+@dataclass(frozen=True)
+class Write:
+    """A further write into the target run, beside the patch.
+
+    Attributes:
+        layer: A block index, or ``"embeddings"`` (the token embeddings, before block 0).
+        position: A token index or a substring (its last token).
+        value: The vector written; ``None`` writes f(h) again (e.g. SelfIE's several placeholders).
+        site: ``"block"`` (the residual stream after the block), or the block's ``"mlp"`` or ``"attn"`` output.
+        add: Add the vector to the state (steering) instead of replacing it.
+    """
+
+    layer: Layer
+    position: int | str
+    value: torch.Tensor | None = field(default=None, repr=False)
+    site: Site = "block"
+    add: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingNoise:
+    """Gaussian noise added to the token embeddings of chosen target tokens (causal tracing's corruption).
+
+    Attributes:
+        positions: The tokens: a substring (all of its tokens, last occurrence), a token index, or a tuple
+            of token indices.
+        scale: The noise's standard deviation ν.
+        seed: Seed of the draw (``torch.Generator``): the same seed gives the same noise.
+        values: The noise itself, ``(n_tokens, d)``, instead of a draw (``scale`` and ``seed`` are unused).
+    """
+
+    positions: Positions
+    scale: float = 1.0
+    seed: int = 0
+    values: torch.Tensor | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class AttentionKnockout:
+    """Attention edges cut in every head of ``layers``: from the ``query`` token to each ``keys`` token.
+
+    Attributes:
+        layers: The blocks whose attention is masked.
+        keys: The key tokens: a substring (all its tokens), a token index, or a tuple of token indices.
+        query: The query token (default: the last).
+    """
+
+    layers: tuple[int, ...]
+    keys: Positions
+    query: int | str = -1
 
 
 @dataclass(frozen=True)
@@ -59,13 +123,23 @@ class Target:
         mapping: f; ``None`` is the identity. A :class:`~patchscopes.mappings.Affine`, any callable
             ``(n, d) -> (n, d*)``, or a path to a saved affine map.
         model: M*; ``None`` means the source model.
+        site: ``"block"`` (default), or the ``"mlp"`` / ``"attn"`` output of block l*.
+        add: Add f(h) to the state instead of replacing it.
+        writes: Further writes (:class:`Write`), e.g. f(h) at several placeholders or restored states.
+        noise: Gaussian noise on the embeddings of some tokens (:class:`EmbeddingNoise`).
+        knockout: Attention edges to cut (:class:`AttentionKnockout`).
     """
 
     prompt: str | tuple[int, ...]
-    layer: int
+    layer: Layer
     position: int | str = -1
     mapping: Mapping | object | None = None
     model: LanguageModel | None = field(default=None, repr=False)
+    site: Site = "block"
+    add: bool = False
+    writes: tuple[Write, ...] = ()
+    noise: EmbeddingNoise | None = None
+    knockout: AttentionKnockout | None = None
 
 
 
@@ -81,7 +155,7 @@ class Patchscope:
         ... )
     """
 
-    source: Source
+    source: Source | None
     target: Target
     readout: Readout = NextToken()  # noqa: RUF009 (a frozen dataclass: an immutable default)
 
@@ -121,6 +195,26 @@ def resolve_position(
             )
         return model.token_at_char(prompt, ids, end - 1)
     raise PatchscopesError(f"{what} must be an int or a substring, got {type(position).__name__}")
+
+
+def token_span(model: LanguageModel, prompt: str | tuple[int, ...], ids: list[int], positions: Positions,
+               what: str) -> tuple[int, ...]:
+    """The token indices of ``positions``: every token of a substring (its last occurrence), one index, or a
+    tuple of indices.
+
+    Raises:
+        PatchscopesError: The substring is not in the prompt, or an index is out of range.
+    """
+    if isinstance(positions, tuple):
+        if not positions:
+            raise PatchscopesError(f"{what} is empty")
+        return tuple(sorted({resolve_position(model, prompt, ids, p, what) for p in positions}))
+    if isinstance(positions, str) and positions:
+        last = resolve_position(model, prompt, ids, positions, what)
+        end = _last_occurrence_end(prompt, positions)  # found, or resolve_position raised
+        first = model.token_at_char(prompt, ids, end - len(positions.lstrip()))  # the first non-space character
+        return tuple(range(min(first, last), last + 1))
+    return (resolve_position(model, prompt, ids, positions, what),)
 
 
 def contains_placeholder(prompt: str, placeholder: str) -> bool:

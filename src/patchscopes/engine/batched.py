@@ -27,26 +27,41 @@ import torch
 
 from patchscopes.engine.batching import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
 from patchscopes.engine.hooks import StopForward, capture_hook, hooks_on, patch_hook
-from patchscopes.engine.jobs import Job, cut_at_stop, finish_generation, top_readings
+from patchscopes.engine.interventions import registered
+from patchscopes.engine.jobs import Job, answer_logprobs, cut_at_stop, finish_generation, top_readings
 from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.relevancy import relevancy_scores
+from patchscopes.engine.row_hooks import row_hooks, suffix_start
+from patchscopes.engine.shared_base import run_shared_base, takes_shared_base
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 from patchscopes.models import LanguageModel
 
 
 def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list[Readings]:
     """Run ``jobs`` with shared work batched; results come back in the order of ``jobs``."""
-    hidden = capture_sources(jobs, budget)
-    values = apply_mappings(jobs, hidden)
+    sourced = [job for job in jobs if job.source_model is not None]
+    hidden = capture_sources(sourced, budget)
+    values = apply_mappings(sourced, hidden)
     readings: dict[int, Readings] = {}
-    for (model, ids, i_star, readout_key), group in _target_groups(jobs).items():
+    rest = [job for job in jobs if not takes_shared_base(job)]
+    if len(rest) < len(jobs):  # rows on a shared base run (noise, knockout) with one block write
+        fast, left = run_shared_base([job for job in jobs if takes_shared_base(job)], values, budget,
+                                     _forward_to_unembedding, _next_token_readings, progress)
+        readings.update(fast)
+        rest += left
+    for (model, ids, i_star, readout_key, _), group in _target_groups(rest).items():
         if readout_key[0] == "next":
             out = _run_next_token_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         else:
             out = _run_generate_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         readings.update(out)
+    for job in jobs:
+        if isinstance(job.readout, Generate) and job.readout.relevancy:
+            readings[job.index].relevancy = relevancy_scores(job, values.get(job.index),
+                                                             readings[job.index].generated_token_ids or [])
     return [readings[job.index] for job in jobs]
 
 
@@ -58,9 +73,9 @@ def capture_sources(jobs: Sequence[Job], budget: BatchBudget) -> dict[int, torch
         by_model[job.source_model].append(job)
     out: dict[int, torch.Tensor] = {}
     for model, model_jobs in by_model.items():
-        needs: dict[tuple[int, ...], set[tuple[int, int]]] = defaultdict(set)
+        needs: dict[tuple[int, ...], set[tuple[int, str, int]]] = defaultdict(set)
         for job in model_jobs:
-            needs[job.source_ids].add((job.source_layer, job.source_position))
+            needs[job.source_ids].add((job.source_layer, job.source_site, job.source_position))
         prompts = sorted(needs, key=len)
         longest = len(prompts[-1])
         element = torch.finfo(model.dtype).bits // 8
@@ -70,26 +85,26 @@ def capture_sources(jobs: Sequence[Job], budget: BatchBudget) -> dict[int, torch
             for part in run_with_backoff(lambda b, m=model, n=needs: _capture_batch(m, b, n), batch):
                 captured.update(part)
         for job in model_jobs:
-            out[job.index] = captured[(job.source_ids, job.source_layer, job.source_position)]
+            out[job.index] = captured[(job.source_ids, job.source_layer, job.source_site, job.source_position)]
     return out
 
 
 def _capture_batch(model: LanguageModel, prompts, needs) -> list[dict[tuple, torch.Tensor]]:
     ids, mask, positions, pads = left_pad(model, prompts)
-    per_layer: dict[int, list[tuple[int, int, tuple]]] = defaultdict(list)
+    per_layer: dict[tuple[int, str], list[tuple[int, int, tuple]]] = defaultdict(list)
     for row, prompt in enumerate(prompts):
-        for layer, pos in needs[prompt]:
-            per_layer[layer].append((row, pads[row] + pos, (prompt, layer, pos)))
+        for layer, site, pos in needs[prompt]:
+            per_layer[(layer, site)].append((row, pads[row] + pos, (prompt, layer, site, pos)))
     top = max(per_layer)
     store: dict = {}
     hooks = {
-        layer: capture_hook(
-            torch.tensor([e[0] for e in entries]), torch.tensor([e[1] for e in entries]), store, layer,
-            stop=layer == top,
-        )
-        for layer, entries in per_layer.items()
+        (layer, site): [capture_hook(
+            torch.tensor([e[0] for e in entries]), torch.tensor([e[1] for e in entries]), store, (layer, site),
+            stop=(layer, site) == top and site == "block",  # an MLP or attention site stops nothing
+        )]
+        for (layer, site), entries in per_layer.items()
     }
-    with torch.no_grad(), hooks_on(model.arch.blocks, hooks), contextlib.suppress(StopForward):
+    with torch.no_grad(), registered(model, hooks), contextlib.suppress(StopForward):
         model.forward(ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
     parts: list[dict[tuple, torch.Tensor]] = [{} for _ in prompts]
     for layer, entries in per_layer.items():
@@ -118,11 +133,26 @@ def apply_mappings(jobs: Sequence[Job], hidden: dict[int, torch.Tensor]) -> dict
 
 # -- targets -----------------------------------------------------------------------------------------------
 def _target_groups(jobs: Sequence[Job]) -> dict[tuple, list[Job]]:
+    """Jobs grouped by target model, prompt, first changed position (i* for a plain patch), readout and
+    whether they are plain patches (the fast paths) or carry other interventions (rows with hooks)."""
     groups: dict[tuple, list[Job]] = defaultdict(list)
     for job in jobs:
         key = ("next", job.readout_position) if isinstance(job.readout, NextToken) else ("generate", job.readout)
-        groups[(job.target_model, job.target_ids, job.target_position, key)].append(job)
+        start = job.target_position if job.is_plain else suffix_start(job)
+        groups[(job.target_model, job.target_ids, start, key, job.is_plain)].append(job)
     return groups
+
+
+@contextlib.contextmanager
+def _write_hooks(model: LanguageModel, part: Sequence[Job], values: dict[int, torch.Tensor], i_star: int,
+                 once: bool):
+    """Each row's writes: the plain patch on blocks, or every intervention of jobs that carry more."""
+    if all(job.is_plain for job in part):
+        with hooks_on(model.arch.blocks, _patch_hooks(part, values, once)):
+            yield
+        return
+    with registered(model, *row_hooks(part, values, i_star, once)):
+        yield
 
 
 def _patch_hooks(group: Sequence[Job], values: dict[int, torch.Tensor], once: bool) -> dict:
@@ -161,6 +191,9 @@ def _readings_for(model: LanguageModel, logits: torch.Tensor, group: Sequence[Jo
 def _next_token_readings(model: LanguageModel, hidden: torch.Tensor, group: Sequence[Job]) -> list[Readings]:
     """Readings of final-normed hidden states ``(rows, d)``: the top-k read slice by slice of the vocabulary
     (no full logit matrix), unless a job asks for the full logits."""
+    if any(j.answer_ids for j in group):
+        return [r for part in chunks(range(len(group)), 64) for r in _answer_readings(
+            model, hidden[part.start:part.stop], group[part.start:part.stop])]
     if any(j.readout.full_logits for j in group):
         return _readings_for(model, logits_of(model, hidden), group, "top_k")
     logprobs, ids = top_k_logprobs(model, hidden, max(j.readout.top_k for j in group))
@@ -170,6 +203,17 @@ def _next_token_readings(model: LanguageModel, hidden: torch.Tensor, group: Sequ
                  top_token_ids=ids[row][: job.readout.top_k], top_probs=probs[row][: job.readout.top_k])
         for row, job in enumerate(group)
     ]
+
+
+def _answer_readings(model: LanguageModel, hidden: torch.Tensor, group: Sequence[Job]) -> list[Readings]:
+    """Readings with the probabilities of each job's answers, from the full logits of ``hidden``."""
+    logits = logits_of(model, hidden)
+    readings = _readings_for(model, logits, group, "top_k")
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    for row, (reading, job) in enumerate(zip(readings, group)):
+        if job.answer_ids:
+            reading.answer_probs = answer_logprobs(logprobs[row], job.answer_ids)
+    return readings
 
 
 def _forward_to_unembedding(model: LanguageModel, **kwargs) -> torch.Tensor:
@@ -183,8 +227,9 @@ def _forward_to_unembedding(model: LanguageModel, **kwargs) -> torch.Tensor:
 def _run_next_token_group(model, ids, i_star, readout_position, group, values, budget, progress):
     out: dict[int, Readings] = {}
     last = model.num_layers - 1
-    direct = [j for j in group if j.target_layer == last and readout_position == i_star]
-    forward = [j for j in group if not (j.target_layer == last and readout_position == i_star)]
+    plain = group[0].is_plain
+    direct = [j for j in group if plain and j.target_layer == last and readout_position == i_star]
+    forward = [j for j in group if not (plain and j.target_layer == last and readout_position == i_star)]
     for part in chunks(direct, budget.rows or len(direct) or 1):
         with torch.no_grad():
             hidden = model.final_normed(torch.stack([values[j.index] for j in part]))
@@ -201,7 +246,7 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
     activations = n_suffix * model.hidden_size * element * 16 + vocab * 8
     keep = len(ids) - readout_position
     states = None
-    if cache is None or shared is not None:
+    if plain and (cache is None or shared is not None):
         states = unpatched_suffix_states(model, *_suffix_inputs(ids, i_star, 1), shared,
                                          {j.target_layer for j in forward})
 
@@ -229,7 +274,7 @@ def _run_next_token_group(model, ids, i_star, readout_position, group, values, b
         def run(part: Sequence[Job]) -> list[Readings]:
             input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
             with torch.no_grad():
-                with hooks_on(model.arch.blocks, _patch_hooks(part, values, once=False)):
+                with _write_hooks(model, part, values, i_star, once=False):
                     hidden = _forward_to_unembedding(
                         model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
                         cache=expand_cache(cache, len(part)), use_cache=cache is not None, logits_to_keep=keep)
@@ -259,7 +304,7 @@ def _run_generate_group(model, ids, i_star, readout: Generate, group, values, bu
     def run(part: Sequence[Job]) -> list[Readings]:
         input_ids, mask, positions = _suffix_inputs(ids, i_star, len(part))
         with torch.no_grad():
-            with hooks_on(model.arch.blocks, _patch_hooks(part, values, once=True)):
+            with _write_hooks(model, part, values, i_star, once=True):
                 logits, part_cache = model.forward(
                     input_ids, attention_mask=mask, position_ids=positions,
                     cache=prefixed_cache(cache) if shared else expand_cache(cache, len(part)), use_cache=True,

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from patchscopes.engine.hooks import StopForward, capture_hook, hooks_on
+from patchscopes.engine.hooks import StopForward, capture_hook
+from patchscopes.engine.interventions import registered
 from patchscopes.engine.padding import left_pad
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -18,6 +19,7 @@ def capture_states(
     sequences: Sequence[Sequence[int]],
     positions: Sequence[Sequence[int]],
     layers: Sequence[int] | None = None,
+    site: str = "block",
 ) -> torch.Tensor:
     """The output of decoder blocks at given positions of a batch of token sequences, from one forward.
 
@@ -29,6 +31,7 @@ def capture_states(
         sequences: Token ids of each prompt, as the model reads them (special tokens included).
         positions: For each sequence, the positions to read (indices into that sequence).
         layers: The layers to read, in the order wanted (default: every layer).
+        site: ``"block"`` (the block's output), or the output of its ``"mlp"`` or ``"attn"`` module.
 
     Returns:
         ``(n, len(layers), d)`` in float32 on the CPU, one row per (sequence, position) pair, in order.
@@ -57,7 +60,7 @@ def capture_states(
     cols = torch.tensor([pads[r] + p for r, ps in enumerate(positions) for p in ps])
     top = max(layers)
     store: dict = {}
-    hooks = {layer: capture_hook(rows, cols, store, layer, stop=layer == top) for layer in set(layers)}
-    with torch.no_grad(), hooks_on(model.arch.blocks, hooks), contextlib.suppress(StopForward):
+    hooks = {(layer, site): [capture_hook(rows, cols, store, layer, stop=layer == top)] for layer in set(layers)}
+    with torch.no_grad(), registered(model, hooks), contextlib.suppress(StopForward):
         model.forward(ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
     return torch.stack([store[layer].float().cpu() for layer in layers], dim=1)

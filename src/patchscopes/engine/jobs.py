@@ -11,16 +11,25 @@ from dataclasses import dataclass
 
 import torch
 
+from patchscopes.engine.interventions import Knockout, Noise, Write
 from patchscopes.engine.readouts import Generate, Readings, Readout
 from patchscopes.models import LanguageModel
 
 
 @dataclass(eq=False)
 class Job:
-    """One patch with everything resolved: the unit of work of both engines."""
+    """One patch with everything resolved: the unit of work of both engines.
+
+    The patch writes f(h) at ``(target_layer, target_position)`` (``target_layer`` may be
+    :data:`~patchscopes.engine.interventions.EMBEDDINGS`); a job without a source (``source_model`` is
+    ``None``) has no such patch and runs the target with its other interventions only. ``writes`` are
+    further writes (f(h) again where their value is ``None``), ``noise`` is added to the target's token
+    embeddings, ``knockout`` cuts attention edges, and ``answer_ids`` are read by an ``AnswerProbs``
+    readout.
+    """
 
     index: int
-    source_model: LanguageModel
+    source_model: LanguageModel | None
     source_ids: tuple[int, ...]
     source_layer: int
     source_position: int
@@ -33,6 +42,34 @@ class Job:
     readout_position: int | None  # NextToken only
     source_text: str | None = None  # the source prompt as text, when it was given as token ids
     target_text: str | None = None  # the same for the target prompt
+    add: bool = False  # the patch adds f(h) to the state instead of replacing it
+    writes: tuple[Write, ...] = ()
+    noise: Noise | None = None
+    knockout: Knockout | None = None
+    answer_ids: tuple[int, ...] = ()
+    source_site: str = "block"  # where h is read: a block's output, its "mlp" or its "attn" module
+    target_site: str = "block"  # where f(h) is written
+
+    @property
+    def is_plain(self) -> bool:
+        """A single block-output replacement with no other intervention (the original fast paths)."""
+        return (self.source_model is not None and not self.add and not self.writes and self.noise is None
+                and self.knockout is None and not self.answer_ids and self.source_site == "block"
+                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0)
+
+    def all_writes(self, value: torch.Tensor | None) -> list[Write]:
+        """Every write of the target run, the patch first, with ``value`` (f(h)) filled in where needed."""
+        out = []
+        if self.source_model is not None:
+            out.append(Write(self.target_layer, self.target_position, value, self.target_site, self.add))
+        for w in self.writes:
+            out.append(w if w.value is not None else Write(w.layer, w.position, value, w.site, w.add))
+        return out
+
+
+def answer_logprobs(logprobs: torch.Tensor, ids: Sequence[int]) -> list[float]:
+    """Probabilities of token ``ids`` from one row of log-probabilities."""
+    return [float(logprobs[i].exp()) for i in ids]
 
 
 def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: bool) -> list[Readings]:

@@ -45,6 +45,8 @@ class Generate:
         stop: Strings that end generation; the text is cut before the first one.
         seed: Seed of the sampler, for reproducible samples.
         top_tokens: How many tokens of the first generated position's distribution to report.
+        relevancy: Also score each generated token by SelfIE's relevancy (its probability with the patch
+            minus without, teacher-forced; :mod:`patchscopes.engine.relevancy`).
     """
 
     max_new_tokens: int = 20
@@ -55,6 +57,7 @@ class Generate:
     stop: tuple[str, ...] = ()
     seed: int = 0
     top_tokens: int = 10
+    relevancy: bool = False
 
     def __post_init__(self) -> None:
         # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
@@ -71,6 +74,32 @@ class Generate:
             raise PatchscopesError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
 
 
+@dataclass(frozen=True)
+class AnswerProbs(NextToken):
+    """A next-token readout that also reports the probability of given answers.
+
+    Each answer counts by its first token as it continues the target prompt (the text of the prompt
+    followed by the answer is tokenized, and the first token after the prompt's own tokens is read; for a
+    prompt given as token ids, the answer is tokenized alone, without special tokens). A multi-token
+    answer is thus scored by its first token, the convention of causal tracing (Meng et al. 2022). An
+    answer given as an ``int`` is a token id, used as is.
+
+    Attributes:
+        answers: The answer strings (or token ids).
+    """
+
+    answers: tuple[str | int, ...] = ()
+
+    def __post_init__(self) -> None:
+        answers = (self.answers,) if isinstance(self.answers, (str, int)) else tuple(self.answers)
+        for answer in answers:
+            if isinstance(answer, str) and not answer.strip():
+                raise PatchscopesError("an answer is empty", hint="give the answer's text, e.g. ' Paris'")
+        if not answers:
+            raise PatchscopesError("AnswerProbs needs at least one answer")
+        object.__setattr__(self, "answers", answers)
+
+
 Readout = NextToken | Generate
 
 
@@ -84,3 +113,5 @@ class Readings:
     generated_text: str | None = None
     generated_token_ids: list[int] | None = None
     logits: torch.Tensor | None = field(default=None, repr=False)
+    answer_probs: list[float] | None = None  # AnswerProbs: p(first token of each answer)
+    relevancy: list[float] | None = None  # Generate(relevancy=True): one score per generated token

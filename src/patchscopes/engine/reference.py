@@ -8,24 +8,40 @@ kept as the ground truth the batched engine is tested against (``engine="referen
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from patchscopes.engine.hooks import capture_hook, hooks_on, patch_hook
-from patchscopes.engine.jobs import Job, finish_generation, top_readings
+from patchscopes.engine.hooks import capture_hook
+from patchscopes.engine.interventions import (
+    Knockout,
+    Noise,
+    Write,
+    check_knockout_support,
+    knockout_pre_hook,
+    noise_write,
+    registered,
+    site_module,
+    write_hook,
+)
+from patchscopes.engine.jobs import Job, answer_logprobs, finish_generation, top_readings
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.relevancy import relevancy_scores
 from patchscopes.models import LanguageModel
 
 
 def source_hidden(job: Job) -> torch.Tensor:
-    """h: the output of block l at position i of a full, unbatched source forward."""
+    """h: the output of block l (or of its site) at position i of a full, unbatched source forward."""
     model = job.source_model
     store: dict = {}
     ids = torch.tensor([job.source_ids])
     hook = capture_hook(torch.tensor([0]), torch.tensor([job.source_position]), store, "h", stop=False)
-    with hooks_on(model.arch.blocks, {job.source_layer: hook}):
+    handle = site_module(model, job.source_layer, job.source_site).register_forward_hook(hook)
+    try:
         model.forward(ids, attention_mask=torch.ones_like(ids))
+    finally:
+        handle.remove()
     return store["h"][0]
 
 
@@ -36,19 +52,37 @@ def target_run(
     *,
     readout_position: int | None,
     patch: tuple[int, int, torch.Tensor] | None,
+    writes: Sequence[Write] = (),
+    noise: Noise | None = None,
+    knockout: Knockout | None = None,
+    answer_ids: Sequence[int] = (),
 ) -> Readings:
-    """Run the target prompt once, patched at ``(layer, position, value)`` or not at all."""
+    """Run the target prompt once, patched at ``(layer, position, value)`` (or not), with any further
+    ``writes``, embedding ``noise`` and attention ``knockout``."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
-    hooks = {}
+    once = isinstance(readout, Generate)
+    all_writes = list(noise_write(noise)) if noise is not None else []
     if patch is not None:
         layer, position, value = patch
-        hooks[layer] = patch_hook(torch.tensor([0]), torch.tensor([position]), value[None],
-                                  once=isinstance(readout, Generate))
-    with hooks_on(model.arch.blocks, hooks):
+        all_writes.append(Write(layer, position, value))
+    all_writes += list(writes)
+    plan: dict[tuple[int, str], list] = defaultdict(list)
+    for w in all_writes:  # one hook per write, in order: noise first, then the patch, then the writes
+        plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [w.add], once=once))
+    pre = {}
+    if knockout is not None:
+        check_knockout_support(model)
+        pre = {layer: [knockout_pre_hook([0], knockout.query, knockout.keys, once=once)]
+               for layer in knockout.layers}
+    with registered(model, plan, pre):
         if isinstance(readout, NextToken):
             logits, _ = model.forward(input_ids, attention_mask=mask)
-            return top_readings(model, logits[:, readout_position], readout.top_k, readout.full_logits)[0]
+            row = logits[:, readout_position]
+            readings = top_readings(model, row, readout.top_k, readout.full_logits)[0]
+            if answer_ids:
+                readings.answer_probs = answer_logprobs(torch.log_softmax(row[0].float(), -1), answer_ids)
+            return readings
         return _generate(model, input_ids, mask, readout)
 
 
@@ -83,13 +117,18 @@ def run_reference(jobs: Iterable[Job], progress=None) -> list[Readings]:
     """Run each job on its own, in order."""
     results = []
     for job in jobs:
-        h = source_hidden(job)
-        with torch.no_grad():
-            value = job.mapping(h[None])[0]
+        value = None
+        if job.source_model is not None:
+            h = source_hidden(job)
+            with torch.no_grad():
+                value = job.mapping(h[None])[0].to(job.target_model.dtype)
+        writes = job.all_writes(value)
         readings = target_run(
             job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
-            patch=(job.target_layer, job.target_position, value),
+            patch=None, writes=writes, noise=job.noise, knockout=job.knockout, answer_ids=job.answer_ids,
         )
+        if isinstance(job.readout, Generate) and job.readout.relevancy:
+            readings.relevancy = relevancy_scores(job, value, readings.generated_token_ids or [])
         results.append(readings)
         if progress is not None:
             progress.update(1)

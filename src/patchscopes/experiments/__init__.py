@@ -6,9 +6,15 @@ One module per experiment: :mod:`~patchscopes.experiments.next_token` (section 4
 and filters live beside them: :mod:`~patchscopes.experiments.probes` (the logistic-regression baseline),
 :mod:`~patchscopes.experiments.scoring` (Rouge, SBERT) and :mod:`~patchscopes.experiments.knows_fact`.
 
+Prior methods as patchscopes: :mod:`~patchscopes.experiments.causal_tracing` (ROME) and
+:mod:`~patchscopes.experiments.attention_knockout` (Geva et al. 2023), with
+:mod:`~patchscopes.experiments.originals`, the original procedures written plainly, which the tests hold them
+equal to.
+
 Imports: lenses, data, the root framework, the engine and models; never the CLI.
 """
 
+from patchscopes.experiments.attention_knockout import KnockoutResult, attention_knockout
 from patchscopes.experiments.attributes import (
     AttributeResults,
     attributes_figure,
@@ -16,6 +22,7 @@ from patchscopes.experiments.attributes import (
     evaluate_attributes,
     subject_states,
 )
+from patchscopes.experiments.causal_tracing import CausalTrace, causal_trace
 from patchscopes.experiments.cross_model import (
     cross_model_descriptions,
     cross_model_figure,
@@ -50,7 +57,11 @@ from patchscopes.experiments.next_token import (
 __all__ = [
     "NEXT_TOKEN_METHODS",
     "AttributeResults",
+    "CausalTrace",
+    "KnockoutResult",
+    "attention_knockout",
     "attributes_figure",
+    "causal_trace",
     "clean_description",
     "cross_model_descriptions",
     "cross_model_figure",

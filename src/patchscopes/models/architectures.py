@@ -48,6 +48,9 @@ class ArchitectureSpec:
         logit_scale: Name of the config attribute the model multiplies its logits by (Cohere's
             ``logit_scale``), or ``"1/NAME"`` for one it divides them by (Granite's ``logits_scaling``).
         classes: Model class names this description covers whatever their ``config.model_type``.
+        mlp: Attribute path, inside a block, to its MLP (writes at the ``"mlp"`` site, causal tracing).
+        attention: Attribute path, inside a block, to its self-attention module (``"attn"`` writes,
+            attention knockout).
     """
 
     name: str
@@ -59,6 +62,8 @@ class ArchitectureSpec:
     logit_softcap: str | None = None
     logit_scale: str | None = None
     classes: tuple[str, ...] = ()
+    mlp: str = "mlp"
+    attention: str = "self_attn|attn|attention"
 
 
 _LLAMA_LIKE = dict(blocks="model.layers", final_norm="model.norm", unembed="lm_head", embed="model.embed_tokens")

@@ -30,7 +30,7 @@ def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, p
     with torch.no_grad():
         if engine == "batched":
             if budget is None:
-                budget = device_budget(list({j.source_model for j in jobs} | {j.target_model for j in jobs}))
+                budget = device_budget(list({m for j in jobs for m in (j.source_model, j.target_model) if m}))
             return run_batched(jobs, budget, progress=progress)
         if engine == "reference":
             return run_reference(jobs, progress=progress)

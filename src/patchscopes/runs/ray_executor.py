@@ -52,9 +52,10 @@ class PortableScope:
 def to_portable(scope: Patchscope) -> PortableScope:
     """``scope`` with its model objects replaced by their names."""
     src, tgt = scope.source, scope.target
-    bare = dataclasses.replace(scope, source=dataclasses.replace(src, model=None),
+    bare = dataclasses.replace(scope, source=None if src is None else dataclasses.replace(src, model=None),
                                target=dataclasses.replace(tgt, model=None))
-    return PortableScope(bare, src.model.name if src.model else None, tgt.model.name if tgt.model else None)
+    return PortableScope(bare, src.model.name if src is not None and src.model else None,
+                         tgt.model.name if tgt.model else None)
 
 
 class ModelWorker:
@@ -86,7 +87,8 @@ class ModelWorker:
         """Readings of one shard (its first job is job ``start`` of the run: sampling seeds depend on it)."""
         scopes = [dataclasses.replace(
             p.scope,
-            source=dataclasses.replace(p.scope.source, model=self.model(p.source_model) if p.source_model else None),
+            source=None if p.scope.source is None else dataclasses.replace(
+                p.scope.source, model=self.model(p.source_model) if p.source_model else None),
             target=dataclasses.replace(p.scope.target, model=self.model(p.target_model) if p.target_model else None),
         ) for p in shard]
         jobs = resolve_jobs(scopes, self.model(default_model) if default_model else None)
@@ -236,7 +238,7 @@ class RayExecutor:
     def run_shards(self, scopes, jobs, shards, *, model, engine, budget, progress=None):
         """See :meth:`patchscopes.runs.Executor.run_shards`: shards go to the actors, readings come back as each
         shard finishes; a shard whose actor died is queued again and the actor replaced."""
-        models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model)))
+        models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m))
         self._start(models)
         ray = self._ray()
         default = model.name if model is not None else None

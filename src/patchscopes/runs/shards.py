@@ -52,9 +52,11 @@ def plan_shards(jobs: Sequence[Job], shard_size: int | None, engine: str, *, key
             described[id(value)] = canonical(value)
         return described[id(value)]
 
-    keys = [[job.source_model.name, job.source_ids, job.source_layer, job.source_position,
-             job.target_model.name, job.target_ids, job.target_layer, job.target_position,
-             describe(job.mapping), describe(job.readout), job.readout_position] for job in jobs]
+    keys = [[None if job.source_model is None else job.source_model.name, job.source_ids, job.source_layer,
+             job.source_position, job.source_site, job.target_model.name, job.target_ids, job.target_layer,
+             job.target_position, job.target_site, job.add, describe(job.mapping), describe(job.readout),
+             job.readout_position, job.answer_ids, canonical(job.writes), canonical(job.noise),
+             canonical(job.knockout)] for job in jobs]
     return [Shard(k, start, min(start + size, len(jobs)), _digest([engine, keys[start: start + size]]))
             for k, start in enumerate(starts)]
 
@@ -69,7 +71,8 @@ def readings_to_records(readings: Sequence[Readings]) -> tuple[list[dict], dict[
     records, tensors = [], {}
     for row, r in enumerate(readings):
         records.append({"top_tokens": r.top_tokens, "top_token_ids": r.top_token_ids, "top_probs": r.top_probs,
-                        "generated_text": r.generated_text, "generated_token_ids": r.generated_token_ids})
+                        "generated_text": r.generated_text, "generated_token_ids": r.generated_token_ids,
+                        "answer_probs": r.answer_probs, "relevancy": r.relevancy})
         if r.logits is not None:
             tensors[f"logits.{row}"] = r.logits
     return records, tensors
@@ -79,5 +82,6 @@ def records_to_readings(records: Sequence[dict], tensors: dict[str, torch.Tensor
     """The inverse of :func:`readings_to_records`."""
     return [Readings(top_tokens=r["top_tokens"], top_token_ids=r["top_token_ids"], top_probs=r["top_probs"],
                      generated_text=r["generated_text"], generated_token_ids=r["generated_token_ids"],
-                     logits=tensors.get(f"logits.{row}"))
+                     logits=tensors.get(f"logits.{row}"), answer_probs=r.get("answer_probs"),
+                     relevancy=r.get("relevancy"))
             for row, r in enumerate(records)]
