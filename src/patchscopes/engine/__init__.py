@@ -19,7 +19,7 @@ root package (:mod:`patchscopes.resolve`), so the engine never sees the user-fac
 from patchscopes.engine.batched import run_batched
 from patchscopes.engine.batching import BatchBudget
 from patchscopes.engine.capture import capture_states
-from patchscopes.engine.generation import greedy_generate
+from patchscopes.engine.generation import greedy_generate, greedy_token_ids
 from patchscopes.engine.jobs import Job
 from patchscopes.engine.readouts import Generate, NextToken, Readings, Readout
 from patchscopes.engine.reference import run_reference, target_run
@@ -33,6 +33,7 @@ __all__ = [
     "Readout",
     "capture_states",
     "greedy_generate",
+    "greedy_token_ids",
     "run_batched",
     "run_reference",
     "target_run",

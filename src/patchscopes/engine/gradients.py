@@ -170,3 +170,47 @@ def state_jacobians(
             p.requires_grad_(flag)
     return StateJacobian(layers, jac.detach().float().permute(1, 0, 2).contiguous().cpu(), h.float().cpu(),
                          z.detach().float().cpu(), logits[0, -1].detach().float().cpu())
+
+
+def embed_tokens(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
+    """What the model's token embedding gives for ``ids`` (the input a soft prompt stands beside)."""
+    return model.arch.embed(ids.to(model.device))
+
+
+def soft_prompt_logits(
+    model: LanguageModel,
+    prompt: torch.Tensor,
+    continuation: torch.Tensor,
+    layer: int,
+    values: torch.Tensor | None,
+) -> torch.Tensor:
+    """Next-token logits of runs whose input is a soft prompt followed by tokens, with a patch at the prompt's
+    last position; differentiable with respect to ``prompt`` (and ``values``).
+
+    Args:
+        model: The model.
+        prompt: ``(k, d)`` input vectors (in the space of the token embedding's output).
+        continuation: ``(b, m)`` token ids read after the prompt (teacher forcing), ``m`` may be 0.
+        layer: The block whose output is overwritten at position ``k - 1``.
+        values: ``(b, d)`` vectors written there (``None``: no patch).
+
+    Returns:
+        ``(b, m + 1, vocab)`` float32 logits at positions ``k - 1 ... k - 1 + m``.
+    """
+    k = prompt.shape[0]
+    b = continuation.shape[0] if values is None else values.shape[0]
+    parts = [prompt.to(model.device, model.dtype)[None].expand(b, k, -1)]
+    if continuation.shape[1]:
+        parts.append(embed_tokens(model, continuation))
+    embeds = torch.cat(parts, dim=1)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    hooks = {}
+    if values is not None:
+        def patch(module, args, output):
+            hidden = block_output(output)
+            written = values.to(hidden.device, hidden.dtype)[:, None]
+            return with_block_output(output, torch.cat([hidden[:, : k - 1], written, hidden[:, k:]], dim=1))
+        hooks[model.check_layer(layer)] = patch
+    with hooks_on(model.arch.blocks, hooks):
+        logits, _ = model.forward(None, inputs_embeds=embeds, attention_mask=mask)
+    return logits[:, k - 1:].float()
