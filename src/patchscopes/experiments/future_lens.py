@@ -77,7 +77,7 @@ def evaluate_future(
     *,
     lens: FutureLens | None = None,
     layers: Sequence[int] | None = None,
-    offsets: Sequence[int] = DEFAULT_OFFSETS,
+    offsets: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
     samples: int = 200,
     top_k: int = 5,
@@ -96,7 +96,7 @@ def evaluate_future(
         documents: Evaluation documents (those the lens was fitted on are left out).
         lens: The fitted lens (needed by ``linear`` and ``learned``).
         layers: Source layers (default: the lens's, else every third layer).
-        offsets: Offsets N.
+        offsets: Offsets N (default: the lens's, else 0..3).
         methods: Some of :data:`FUTURE_METHODS` (default: those the lens allows).
         samples: Positions to evaluate.
         top_k: k of Precision@k (Precision@1 is always reported).
@@ -112,7 +112,7 @@ def evaluate_future(
         PatchscopesError: Bad options; a method the lens cannot serve; offsets beyond the text window.
     """
     start = time.perf_counter()
-    offsets = sorted(set(offsets))
+    offsets = sorted(set(offsets if offsets is not None else lens.offsets if lens is not None else DEFAULT_OFFSETS))
     if not offsets or offsets[0] < 0:
         raise PatchscopesError("give non-negative offsets", hint="e.g. --offsets 0:4")
     if offsets[-1] >= max_tokens:

@@ -442,30 +442,24 @@ def fit_future_lens(
     losses: dict[int, list[float]] = {}
     if train_prompts:
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        saved = load_prompt_checkpoint(ckpt, identity) if ckpt is not None and ckpt.is_file() else None
-        done = {int(k): v for k, v in (saved or {}).get("done", {}).items()}
-        for layer, (tensor, layer_losses) in done.items():
-            prompts[layer], losses[layer] = tensor, layer_losses
-        total = settings.steps * len(layers)
-        initial = sum(settings.steps for x in layers if x in prompts)
-        current = (saved or {}).get("current")
-        if current is not None:
-            initial += current["step"]
-        bar = tqdm(total=total, initial=initial, desc="learned prompts", unit="step", disable=not progress)
+        states = load_prompt_checkpoint(ckpt, identity) if ckpt is not None and ckpt.is_file() else {}
+        bar = tqdm(total=settings.steps * len(layers), desc="learned prompts", unit="step", disable=not progress,
+                   initial=sum(min(states[x]["step"], settings.steps) for x in layers if x in states))
         try:
             for k, layer in enumerate(layers):
-                if layer in prompts:
+                state = states.get(layer)
+                if state is not None and state["step"] >= settings.steps:
+                    prompts[layer], losses[layer] = state["prompt"], state["losses"][: settings.steps]
                     continue
-                resume = current if current is not None and current["layer"] == layer else None
 
                 def on_step(step, loss, tensor, opt, step_losses, layer=layer):
+                    states[layer] = {"prompt": tensor, "optimizer": opt.state_dict(), "step": step,
+                                     "losses": step_losses}
                     if ckpt is not None and (step % checkpoint_every == 0 or step == settings.steps):
-                        save_prompt_checkpoint(ckpt, identity, prompts, losses,
-                                               {"layer": layer, "step": step, "prompt": tensor, "optimizer": opt,
-                                                "losses": step_losses})
+                        save_prompt_checkpoint(ckpt, identity, states)
 
                 prompts[layer], losses[layer] = train_prompt(
-                    model, layer, sources[:, k], finals[:, : offsets[-1] + 1], conts, settings, state=resume,
+                    model, layer, sources[:, k], finals[:, : offsets[-1] + 1], conts, settings, state=state,
                     on_step=on_step, bar=bar)
         finally:
             bar.close()
@@ -483,35 +477,36 @@ def fit_future_lens(
     return FutureLens(layers, offsets, linear, prompts, config, data.document_keys())
 
 
-def save_prompt_checkpoint(path: Path, identity: dict, done: dict, losses: dict, current: dict) -> None:
-    """The training state as safetensors: finished prompts, the current prompt and its AdamW state as tensors,
-    the rest as JSON in the metadata. Nothing is pickled."""
+def save_prompt_checkpoint(path: Path, identity: dict, states: dict[int, dict]) -> None:
+    """The training state of every layer as safetensors: prompts and AdamW moments as tensors, the rest
+    (identity, steps, losses, optimizer settings) as JSON in the metadata. Nothing is pickled."""
     from safetensors.torch import save_file
 
-    tensors = {f"done.{layer}": t.detach().float().contiguous() for layer, t in done.items()}
-    tensors["current.prompt"] = current["prompt"].detach().clone().contiguous()
-    opt_state = current["optimizer"].state_dict()
-    values = {}
-    for index, slot in opt_state["state"].items():
-        for name, value in slot.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().clone().contiguous()
-            else:
-                values[f"optimizer.{index}.{name}"] = value
-    meta = {"identity": identity, "done_losses": {str(k): losses[k] for k in done},
-            "current": {"layer": current["layer"], "step": current["step"], "losses": list(current["losses"])},
-            "param_groups": opt_state["param_groups"], "optimizer_values": values}
+    tensors, meta_states = {}, {}
+    for layer, state in states.items():
+        tensors[f"{layer}.prompt"] = state["prompt"].detach().float().clone().contiguous()
+        opt = state["optimizer"]
+        values = {}
+        for index, slot in opt["state"].items():
+            for name, value in slot.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{layer}.optimizer.{index}.{name}"] = value.detach().clone().contiguous()
+                else:
+                    values[f"{index}.{name}"] = value
+        meta_states[str(layer)] = {"step": state["step"], "losses": list(state["losses"]),
+                                   "param_groups": opt["param_groups"], "optimizer_values": values}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "checkpoint": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"format": FORMAT,
+                                           "checkpoint": json.dumps({"identity": identity, "layers": meta_states})})
     os.replace(tmp, path)
 
 
-def load_prompt_checkpoint(path: Path, identity: dict) -> dict:
-    """The state written by :func:`save_prompt_checkpoint`, refused if it belongs to other data or settings.
+def load_prompt_checkpoint(path: Path, identity: dict) -> dict[int, dict]:
+    """The states written by :func:`save_prompt_checkpoint`, refused if they belong to other data or settings.
 
     Returns:
-        ``{"done": {layer: (prompt, losses)}, "current": {"layer", "step", "prompt", "optimizer", "losses"}}``.
+        ``{layer: {"prompt", "optimizer", "step", "losses"}}``.
     """
     from safetensors import safe_open
 
@@ -530,15 +525,17 @@ def load_prompt_checkpoint(path: Path, identity: dict) -> dict:
             raise PatchscopesError(f"the checkpoint {path} was written with other {what}",
                                    hint="use the same model, text and settings to resume, or delete the checkpoint")
     compare_identity(saved.get("model", {}), identity["model"], f"the checkpoint {path}")
-    done = {int(k.split(".")[1]): (v, meta["done_losses"][k.split(".")[1]])
-            for k, v in tensors.items() if k.startswith("done.")}
-    slots: dict[int, dict] = {}
-    for key, value in [*meta["optimizer_values"].items(), *tensors.items()]:
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
+    states = {}
+    for layer, state in meta["layers"].items():
+        slots: dict[int, dict] = {}
+        for key, value in state["optimizer_values"].items():
+            index, name = key.split(".", 1)
             slots.setdefault(int(index), {})[name] = value
-    current = {**meta["current"], "prompt": tensors["current.prompt"],
-               "optimizer": {"state": slots, "param_groups": meta["param_groups"]}}
-    if current["layer"] in done:
-        current = None
-    return {"done": done, "current": current}
+        prefix = f"{layer}.optimizer."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, name = key[len(prefix):].split(".", 1)
+                slots.setdefault(int(index), {})[name] = value
+        states[int(layer)] = {"prompt": tensors[f"{layer}.prompt"], "step": state["step"], "losses": state["losses"],
+                              "optimizer": {"state": slots, "param_groups": state["param_groups"]}}
+    return states
