@@ -23,7 +23,8 @@ from patchscopes import PatchscopesError, parse_spec
     ("-3:", [7, 8, 9]),
     ("0,4:6,-1", [0, 4, 5, 9]),
     ("0, 2 , 4", [0, 2, 4]),
-    ("1:100", list(range(1, 10))),  # range bounds are clipped like Python slices
+    ("0:10", list(range(10))),  # a range may reach exactly to the end
+    ("-10:", list(range(10))),
     (4, [4]),
     (-2, [8]),
     ([1, -1, 1], [1, 9]),
@@ -40,7 +41,11 @@ def test_malformed_specs(spec):
     assert "'2:10'" in str(info.value)  # the hint shows the syntax
 
 
-@pytest.mark.parametrize("spec, index", [("10", 10), ("-11", -11), ([0, 12], 12), (10, 10)])
+@pytest.mark.parametrize("spec, index", [
+    ("10", 10), ("-11", -11), ([0, 12], 12), (10, 10),
+    # A range reaching past the end is refused like a single index, never clipped.
+    ("1:100", 10), ("0:11", 10), ("0:12:5", 10), ("10:", 10), ("12:20", 12), ("-11:", -11), ("-12:-2", -12),
+])
 def test_out_of_range_specs(spec, index):
     with pytest.raises(PatchscopesError, match=f"position {index} is out of range: there are 10 positions"):
         parse_spec(spec, 10, what="position")

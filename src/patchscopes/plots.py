@@ -353,3 +353,34 @@ def rgba(color: str | None, alpha: float) -> str:
         return f"rgba(128,128,128,{alpha})"
     r, g, b = (int(color[i: i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def add_band_line(fig, x, y, spread, *, color: str | None, name: str, group: str, metric: str, row: int, col: int,
+                  show_legend: bool, alpha: float = 0.2) -> None:
+    """A line with markers and, where ``spread`` is known, a translucent band y ± spread around it.
+
+    Args:
+        fig: A plotly figure with subplots.
+        x, y, spread: The points and the half-width of the band (NaN or ``None``: no band).
+        color: The line's ``#rrggbb`` colour (the band takes it, translucent).
+        name, group: The legend label and legend group.
+        metric: The y quantity's name, shown on hover.
+        row, col: The subplot.
+        show_legend: Whether this trace adds a legend entry.
+        alpha: The band's opacity.
+    """
+    import plotly.graph_objects as go
+
+    xs, ys = list(x), list(y)
+    if spread is not None:
+        sp = [0.0 if v != v else float(v) for v in spread]  # NaN → no width
+        if any(sp):
+            upper = [a + b for a, b in zip(ys, sp)]
+            lower = [a - b for a, b in zip(ys, sp)]
+            fig.add_trace(go.Scatter(
+                x=xs + xs[::-1], y=upper + lower[::-1], fill="toself", fillcolor=rgba(color, alpha),
+                line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=group), row=row, col=col)
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="lines+markers", name=name, legendgroup=group, showlegend=show_legend,
+        line=dict(color=color, width=2), marker=dict(size=5),
+        hovertemplate=f"{name}<br>layer %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"), row=row, col=col)

@@ -3,6 +3,10 @@
 A SPEC is ``all``, a comma-separated list ``0,3,5``, a range ``2:10`` (Python's convention: 2 to 9; a
 step is allowed, ``0:30:5``), or any mix ``0,4:8,-1``. Negative numbers count from the end. In Python,
 an int or a list of ints works too.
+
+One rule for every index, single or in a range: an index past the end (or before the start) is an error,
+never cut off. ``0:40`` on a 30-layer model fails as ``39`` does ("layer 39 is out of range: there are 30
+layers"); ``0:30``, ``:`` and ``5:`` reach exactly to the end.
 """
 
 from __future__ import annotations
@@ -47,8 +51,7 @@ def parse_spec(spec: Spec, size: int, *, what: str = "layer") -> list[int]:
                     step = int(bounds[2]) if len(bounds) == 3 and bounds[2] else 1
                     if step <= 0:
                         raise ValueError
-                    start, stop = _clip(start, size), _clip(stop, size)
-                    items.extend(range(start, stop, step))
+                    items.extend(_range_items(start, stop, step, size))
                 else:
                     items.append(int(part))
             except ValueError:
@@ -84,7 +87,17 @@ def _as_index(item: object) -> int:
     return operator.index(item)
 
 
-def _clip(index: int, size: int) -> int:
-    if index < 0:
-        index += size
-    return max(0, min(index, size))
+def _range_items(start: int, stop: int, step: int, size: int) -> list[int]:
+    """The indices of ``start:stop:step``, negative bounds counted from the end. A bound before the start
+    comes back as itself, and a range reaching past the end keeps its indices past the end, so that the
+    out-of-range check names them (nothing is clipped)."""
+    bounds = []
+    for bound in (start, stop):
+        if bound < 0:
+            if bound < -size:
+                return [bound]
+            bound += size
+        bounds.append(bound)
+    if bounds[0] >= size:
+        return [bounds[0]]
+    return list(range(bounds[0], bounds[1], step))

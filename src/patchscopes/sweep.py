@@ -7,6 +7,7 @@ values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tab
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypedDict, Unpack
 
 import pandas as pd
 
@@ -82,42 +83,45 @@ def plan_sweep(
     return scopes
 
 
+class SweepOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`plan_sweep` that :func:`sweep` passes on (see there)."""
+
+    layers: Spec
+    positions: Spec | Sequence[str]
+    target_layers: Spec | None
+    target_prompt: str | None
+    target_model: LanguageModel | None
+    mapping: Any
+    readout: Readout | None
+    top_k: int | None
+    max_new_tokens: int | None
+
+
 def sweep(
     model: LanguageModel,
     prompts: str | Sequence[str],
     scope: str | Preset = "token-identity",
     *,
-    layers: Spec = "all",
-    positions: Spec | Sequence[str] = "all",
-    target_layers: Spec | None = None,
-    target_prompt: str | None = None,
-    target_model: LanguageModel | None = None,
-    mapping=None,
-    readout: Readout | None = None,
-    top_k: int | None = None,
-    max_new_tokens: int | None = None,
     baseline: bool = False,
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    **options: Unpack[SweepOptions],
 ) -> pd.DataFrame:
     """Run a sweep and return one row per patch.
 
-    Takes the arguments of :func:`plan_sweep` and of :func:`~patchscopes.runner.run`. Columns: the
-    source and target coordinates (``source_layer``, ``source_position``, ``source_token``,
-    ``target_layer``, ``target_position``...), ``top_token``, ``top_tokens``, ``top_token_ids``,
-    ``top_probs``, ``generated_text`` (generation only) and the ``baseline_*`` columns when
-    ``baseline=True``.
+    Takes the arguments of :func:`plan_sweep` (``layers``, ``positions``, ``target_layers``, ``target_prompt``,
+    ``target_model``, ``mapping``, ``readout``, ``top_k``, ``max_new_tokens``: :class:`SweepOptions`) and of
+    :func:`~patchscopes.runner.run`. Columns: the source and target coordinates (``source_layer``,
+    ``source_position``, ``source_token``, ``target_layer``, ``target_position``...), ``top_token``,
+    ``top_tokens``, ``top_token_ids``, ``top_probs``, ``generated_text`` (generation only) and the
+    ``baseline_*`` columns when ``baseline=True``.
 
     Example:
         >>> df = sweep(model, "The Eiffel Tower is in Paris", "token-identity", layers="0:30:5")
         >>> df.pivot(index="source_layer", columns="source_position", values="top_token")
     """
-    scopes = plan_sweep(
-        model, prompts, scope, layers=layers, positions=positions, target_layers=target_layers,
-        target_prompt=target_prompt, target_model=target_model, mapping=mapping, readout=readout,
-        top_k=top_k, max_new_tokens=max_new_tokens,
-    )
+    scopes = plan_sweep(model, prompts, scope, **options)
     results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress)
     frame = results_to_frame(results)
     frame.insert(0, "scope", get_preset(scope).name)

@@ -8,6 +8,7 @@ command is printed as one message, without a traceback, and the process exits wi
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -16,20 +17,83 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand
 
 from patchscopes.errors import PatchscopesError
 
-app = typer.Typer(
+
+class Command(TyperCommand):
+    """A command whose help reads well at 80 columns.
+
+    The usage line names required arguments plainly (``PROMPT``, where typer writes ``{PROMPT}``), the
+    arguments section shows each argument's name and help without a type, and in a list of commands the
+    summary is the command's ``short_help`` or the first paragraph of its help, never cut mid-word.
+    """
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        """``[OPTIONS] PROMPT`` rather than ``[OPTIONS] {PROMPT}``; hidden arguments are left out."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not getattr(param, "hidden", False):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """An ``Arguments`` section of names and help, then the ``Options`` section."""
+        arguments = [(p.metavar or (p.name or "").upper(), p.help or "") for p in self.get_params(ctx)
+                     if p.param_type_name == "argument" and not p.hidden]
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        options = [r for p in self.get_params(ctx) if p.param_type_name == "option"
+                   if (r := p.get_help_record(ctx)) is not None]
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The ``short_help``, or the help's first paragraph."""
+        if self.short_help:
+            return self.short_help
+        return inspect.cleandoc(self.help or "").split("\n\n")[0].replace("\n", " ")
+
+
+class App(typer.Typer):
+    """A :class:`typer.Typer` whose commands are :class:`Command` s, report errors with :func:`handle_errors`,
+    and whose help is plain text: at 80
+    columns it keeps one column of option names and one of help, where rich panels squeeze four. Docstrings
+    mark their examples with a ``\\b`` line so that click does not rewrap them."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("rich_markup_mode", None)
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        super().__init__(**kwargs)
+
+    def command(self, *args, cls: type[TyperCommand] | None = None, **kwargs):  # type: ignore[override]
+        """Register a command (a :class:`Command` unless ``cls`` says otherwise) whose
+        :class:`~patchscopes.errors.PatchscopesError` s are reported by :func:`handle_errors`."""
+        register = super().command(*args, cls=cls or Command, **kwargs)
+
+        def decorate(fn: F) -> F:
+            register(handle_errors(fn))
+            return fn
+
+        return decorate
+
+
+app = App(
+
     name="patchscopes",
     help="Ask a language model what its own hidden states mean (Patchscopes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-eval_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+eval_app = App(help="Reproduce the paper's experiments.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 console = Console()

@@ -18,27 +18,21 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, eval_app, handle_errors, write_json, wrote
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, eval_app, write_json, wrote
 from patchscopes.cli.eval_entities_cmd import (
     ENTITIES_HELP,
+    NoSbertOption,
+    check_entity_options,
     clean_records,
     examples_table,
     reference_note,
+    reference_option,
     scores_table,
 )
-from patchscopes.cli.eval_next_token_cmd import parse_methods
-from patchscopes.cli.lens_cmd import TEXT_HELP, fit_documents, set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    PlotOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
-from patchscopes.data.entities import SPLITS, read_entities, select_entities
-from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
+from patchscopes.cli.lens_cmd import eval_documents, fit_documents
+from patchscopes.data.entities import read_entities, select_entities
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.cross_model import (
     CROSS_METHODS,
@@ -48,12 +42,8 @@ from patchscopes.experiments.cross_model import (
     summarize_cross_descriptions,
     summarize_cross_model,
 )
-from patchscopes.experiments.entities import REFERENCE_KINDS
 from patchscopes.lenses import CrossModelMap, fit_cross_model_map, map_summary
-from patchscopes.models import load_model
 from patchscopes.plots import save_figure
-
-MODEL_HELP = "An embedded alias, a .gguf file, a model folder or a hub id."
 
 
 def default_map_path(source: str, target: str) -> Path:
@@ -65,43 +55,52 @@ def default_map_path(source: str, target: str) -> Path:
     return Path("maps") / f"{stem(source)}-to-{stem(target)}.safetensors"
 
 
-@app.command("fit-map")
-@handle_errors
+SourceModelOption = Annotated[
+    str, typer.Option("--source-model", "-a", metavar="NAME", help=f"Model A. {opt.MODEL_HELP}")
+]
+TargetModelOption = Annotated[
+    str, typer.Option("--target-model", "-b", metavar="NAME", help=f"Model B. {opt.MODEL_HELP}")
+]
+WindowOption = opt.max_tokens_option("Window length in A's tokens.")
+
+
+@app.command("fit-map", short_help="Fit affine maps from model A's layers to model B's.")
+@opt.runtime_options(engine=False)
 def fit_map_command(
-    source_model: Annotated[str, typer.Option("--source-model", "-a", help=f"Model A. {MODEL_HELP}")],
-    target_model: Annotated[str, typer.Option("--target-model", "-b", help=f"Model B. {MODEL_HELP}")],
-    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
-    layers: Annotated[str, typer.Option("--layers", "-l", help="A's layers l: 'all', '0,5,10', '0:30:3'.")],
-    target_layers: Annotated[str, typer.Option("--target-layers", "-t", help="B's layers l*: 'all', '0:18:3'.")],
+    source_model: SourceModelOption,
+    target_model: TargetModelOption,
+    text: opt.TextOption,
+    layers: opt.layers_option("A's layers l: 'all', '0,5,10', '0:30:3'."),
+    target_layers: opt.layers_option("B's layers l*: 'all', '0:18:3'.", "--target-layers", "-t"),
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="The map file to write (.safetensors).",
-                                  show_default="maps/A-to-B.safetensors")
+        Path | None, typer.Option("--out", "-o", metavar="FILE", show_default=False,
+                                  help="The map file to write (.safetensors).  [default: maps/A-to-B.safetensors]")
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", min=2, help="Aligned positions to fit on.")] = 20000,
-    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge term λ of the least-squares fit.")] = 0.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Window length in A's tokens.")] = 64,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0,
-                            help="Share of documents held out for evaluation (the same split as `eval cross-model`).")
-    ] = DEFAULT_EVAL_FRACTION,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the window order.")] = 0,
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    samples: Annotated[
+        int, typer.Option("--samples", metavar="N", callback=opt.at_least(2), help="Aligned positions to fit on.")
+    ] = 20000,
+    ridge: opt.RidgeOption = 0.0,
+    max_tokens: WindowOption = 64,
+    eval_fraction: opt.eval_fraction_option("Share of documents held out (the same split as `eval cross-model`).")
+    = DEFAULT_EVAL_FRACTION,
+    seed: opt.seed_option("the window order") = 0,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Fit affine maps from A's layer l to B's layer l* (least squares with bias) and save them in one file.
 
     Examples:
 
-        patchscopes fit-map -a smollm2-135m -b gemma3-270m --text wiki.txt --layers 0:30:3 --target-layers 0:18:3
+    \b
+      patchscopes fit-map -a smollm2-135m -b gemma3-270m --text wiki.txt \\
+          --layers 0:30:3 --target-layers 0:18:3
     """
     if out is not None and out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
-    set_threads(threads)
     fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_map_path(source_model, target_model)
-    a = load_model(source_model, device=device, dtype=dtype)
-    b = load_model(target_model, device=device, dtype=dtype)
+    a = runtime.load(source_model)
+    b = runtime.load(target_model)
     cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,
                                ridge=ridge, max_tokens=max_tokens, seed=seed, progress=True,
                                extra_config={"split": split})
@@ -135,59 +134,56 @@ def next_token_table(summary, *, title: str) -> Table:
     return table
 
 
-@eval_app.command("cross-model")
-@handle_errors
+@eval_app.command("cross-model", short_help="Exp. 4: read model A's hidden states through model B.")
+@opt.runtime_options()
 def cross_model_command(
-    map_path: Annotated[Path, typer.Option("--map", help="A map file from `patchscopes fit-map`.")],
+    map_path: Annotated[
+        Path, typer.Option("--map", metavar="FILE", help="A map file from `patchscopes fit-map`.")
+    ],
     text: Annotated[
-        list[Path] | None, typer.Option("--text", help=TEXT_HELP + " Evaluates on the eval part (as fit-map splits).")
+        list[Path] | None, typer.Option("--text", metavar="FILE", help=opt.TEXT_HELP + " Evaluates on the eval part "
+                                        "(as fit-map splits).")
     ] = None,
-    entities: Annotated[Path | None, typer.Option("--entities", "-e", help=ENTITIES_HELP)] = None,
+    entities: Annotated[
+        Path | None, typer.Option("--entities", "-e", metavar="FILE", help=ENTITIES_HELP)
+    ] = None,
     source_model: Annotated[
-        str | None, typer.Option("--source-model", "-a", help=f"Model A. {MODEL_HELP}", show_default="the map's")
+        str | None, typer.Option("--source-model", "-a", metavar="NAME", show_default=False,
+                                 help=f"Model A. {opt.MODEL_HELP}  [default: the map's]")
     ] = None,
     target_model: Annotated[
-        str | None, typer.Option("--target-model", "-b", help=f"Model B. {MODEL_HELP}", show_default="the map's")
+        str | None, typer.Option("--target-model", "-b", metavar="NAME", show_default=False,
+                                 help=f"Model B. {opt.MODEL_HELP}  [default: the map's]")
     ] = None,
-    layers: Annotated[
-        str | None, typer.Option("--layers", "-l", help="Source layers l (those the map has).", show_default="all")
-    ] = None,
-    target_layers: Annotated[
-        str | None, typer.Option("--target-layers", "-t", help="Target layers l* (those the map has).",
-                                 show_default="all")
-    ] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="Positions (one per window).")] = 200,
-    methods: Annotated[
-        list[str] | None,
-        typer.Option("--methods", help=f"Next-token methods, comma-separated: {', '.join(CROSS_METHODS)}.",
-                     show_default="cross-model,token-identity,target-own"),
-    ] = None,
-    entity_n: Annotated[int, typer.Option("--entity-n", min=1, help="Entities to describe.")] = 20,
-    entity_layers: Annotated[
-        str | None, typer.Option("--entity-layers", help="Source layers for the descriptions.",
-                                 show_default="--layers")
-    ] = None,
-    entity_target_layers: Annotated[
-        str | None, typer.Option("--entity-target-layers", help="Target layers for the descriptions.",
-                                 show_default="--target-layers")
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="Popularity split: extremes, median or random.")] = "extremes",
-    reference: Annotated[
-        str, typer.Option("--reference", help="file: the file's references; self: B's own description of the name.")
-    ] = "file",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 50,
-    no_sbert: Annotated[bool, typer.Option("--no-sbert", help="Skip the SBERT score.")] = False,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Window length in A's tokens.")] = 64,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
-    ] = DEFAULT_EVAL_FRACTION,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and entities.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
-    plot: PlotOption = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    layers: opt.layers_option("Source layers l (those the map has).  [default: all]", optional=True) = None,
+    target_layers: opt.layers_option("Target layers l* (those the map has).  [default: all]", "--target-layers", "-t",
+                                 optional=True) = None,
+    samples: Annotated[
+        int, typer.Option("--samples", "-n", metavar="N", callback=opt.at_least(1),
+                          help="Positions (one per window).")
+    ] = 200,
+    methods: opt.methods_option(f"Next-token methods, comma-separated: {', '.join(CROSS_METHODS)}.  "
+                                "[default: cross-model,token-identity,target-own]") = None,
+    entity_n: Annotated[
+        int, typer.Option("--entity-n", metavar="N", callback=opt.at_least(1), help="Entities to describe.")
+    ] = 20,
+    entity_layers: opt.layers_option("Source layers for the descriptions.  [default: --layers]", "--entity-layers",
+                                 optional=True) = None,
+    entity_target_layers: opt.layers_option("Target layers for the descriptions.  [default: --target-layers]",
+                                        "--entity-target-layers", optional=True) = None,
+    split: Annotated[
+        str, typer.Option("--split", metavar="NAME", help="Popularity split: extremes, median or random.")
+    ] = "extremes",
+    reference: reference_option("file: the file's references; self: B's own description of the name.") = "file",
+    max_new_tokens: opt.max_new_tokens_option() = 50,
+    no_sbert: NoSbertOption = False,
+    max_tokens: WindowOption = 64,
+    eval_fraction: opt.eval_fraction_option() = DEFAULT_EVAL_FRACTION,
+    seed: opt.seed_option("the samples and entities") = 0,
+    json_path: opt.json_option("the results") = None,
+    plot: opt.PlotOption = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Read model A's hidden states through model B with a fitted map (paper, Exp. 4).
 
@@ -196,41 +192,32 @@ def cross_model_command(
 
     Examples:
 
-        patchscopes eval cross-model --map maps/smollm2-135m-to-gemma3-270m.safetensors --text wiki.txt
-
-        patchscopes eval cross-model --map MAP --entities wikides.json --entity-layers 0,3,6 --plot x.html
+    \b
+      patchscopes eval cross-model --text wiki.txt \\
+          --map maps/smollm2-135m-to-gemma3-270m.safetensors
+      patchscopes eval cross-model --map MAP --entities wikides.json \\
+          --entity-layers 0,3,6 --plot x.html
     """
-    check_engine(engine)
     if not text and entities is None:
         raise PatchscopesError("nothing to evaluate", hint="give --text for next-token prediction and/or --entities")
-    if split not in SPLITS:
-        raise PatchscopesError(f"unknown --split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
-    if reference not in REFERENCE_KINDS:
-        raise PatchscopesError(f"unknown --reference {reference!r}", hint=f"use one of {', '.join(REFERENCE_KINDS)}")
-    check_output_paths(json_path, plot)
+    check_entity_options(split, reference)
+    opt.check_output_paths(json_path, plot)
     if plot is not None and not text:
         raise PatchscopesError("the cross-model figure needs the next-token results", hint="give --text too")
-    method_list = parse_methods(methods)
+    method_list = opt.parse_methods(methods)
     for m in method_list or []:
         if m not in CROSS_METHODS:
             raise PatchscopesError(f"unknown method {m!r}", hint=f"use some of {', '.join(CROSS_METHODS)}")
-    set_threads(threads)
     cmap = CrossModelMap.load(map_path)
-    eval_docs = None
-    if text:
-        docs = read_documents(text)
-        _, eval_docs = split_documents(docs, eval_fraction)
-        if not eval_docs:
-            raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
-                                   hint="give more text or a larger --eval-fraction")
+    eval_docs = eval_documents(text, eval_fraction) if text else None
     found = read_entities(entities) if entities is not None else None
     if found is not None:
         note = reference_note(found, reference)
         if note:
             console.print(Text(note, style="yellow"), soft_wrap=True)
     start = time.perf_counter()
-    a = load_model(source_model or cmap.source_name, device=device, dtype=dtype)
-    b = load_model(target_model or cmap.target_name, device=device, dtype=dtype)
+    a = runtime.load(source_model or cmap.source_name)
+    b = runtime.load(target_model or cmap.target_name)
     cmap.check_models(a, b)
     console.print(Text(map_summary(cmap), style="dim"), soft_wrap=True)
     output: dict = {"source_model": a.name, "target_model": b.name, "map": str(map_path),
@@ -239,7 +226,7 @@ def cross_model_command(
     if eval_docs is not None:
         frame = cross_model_samples(a, b, cmap, eval_docs, samples=samples, seed=seed, layers=layers,
                                     target_layers=target_layers, methods=method_list, max_tokens=max_tokens,
-                                    engine=engine, progress=True)  # type: ignore[arg-type]
+                                    engine=runtime.engine, progress=True)  # type: ignore[arg-type]
         summary = summarize_cross_model(frame)
         attrs = frame.attrs
         console.print(next_token_table(summary, title=f"next-token Precision@1 · surprisal (nats): {a.name} read "
@@ -265,7 +252,8 @@ def cross_model_command(
         chosen = select_entities(found, entity_n, split=split, seed=seed)
         desc = cross_model_descriptions(
             a, b, cmap, chosen, layers=entity_layers or layers, target_layers=entity_target_layers or target_layers,
-            reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens, engine=engine, progress=True,
+            reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens, engine=runtime.engine,
+            progress=True,
         )
         entity_summary = summarize_cross_descriptions(desc)
         cross = entity_summary[entity_summary["method"] == "cross-model"]

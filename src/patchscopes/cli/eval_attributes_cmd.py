@@ -18,16 +18,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
-from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import console, eval_app, layer_list, write_json, wrote
 from patchscopes.data.relations import CONTEXT_KINDS, attach_windows, load_relations
 from patchscopes.data.text import DATA_DIR_ENV, read_documents
 from patchscopes.errors import PatchscopesError
@@ -42,7 +34,7 @@ from patchscopes.experiments.attributes import (
     evaluate_attributes,
 )
 from patchscopes.lenses.lre import DEFAULT_EXAMPLES
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 from patchscopes.results import save_results
 
@@ -69,111 +61,107 @@ def default_windows() -> list[Path]:
     return []
 
 
-@eval_app.command("attributes")
-@handle_errors
+@eval_app.command("attributes", short_help="Exp. 2: attribute extraction, patchscope vs a linear probe.")
+@opt.runtime_options()
 def attributes_command(
     relations: Annotated[
         list[Path],
-        typer.Option("--relations", "-r", help="Relation files (.json in the relations schema, or the paper's "
-                     ".tsv) or folders of them; several may follow one --relations."),
+        typer.Option("--relations", "-r", metavar="PATH", help="Relation files (.json in the relations schema, or "
+                     "the paper's .tsv) or folders of them; several may follow one --relations."),
     ],
-    more_relations: Annotated[list[Path] | None, typer.Argument(hidden=True, metavar="PATH")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
-    source_layers: Annotated[
-        str, typer.Option("--source-layers", "-l", help="Source layers l: 'all', '0,5,10', '0:30:2', '::3'.")
-    ] = DEFAULT_SOURCE_LAYERS,
+    more_relations: opt.MoreRelationsArgument = None,
+    model: opt.ModelOption = DEFAULT_MODEL,
+    source_layers: opt.layers_option("Source layers l: 'all', '0,5,10', '0:30:2', '::3'.", "--source-layers", "-l")
+    = DEFAULT_SOURCE_LAYERS,
     target_layers: Annotated[
-        str | None, typer.Option("--target-layers", "-t", help="Target layers l* (a SPEC as for --source-layers).",
-                                 show_default="every 3rd layer of the first half: 0,3,6,9,12 on a 30-layer model")
+        str | None, typer.Option("--target-layers", "-t", metavar="SPEC", show_default=False,
+                                 help="Target layers l*.  [default: every 3rd layer of the first half]")
     ] = DEFAULT_TARGET_LAYERS,
     max_samples: Annotated[
-        int, typer.Option("--max-samples", "-n", min=0, help="Known samples per relation for the patchscope "
-                          "(0: all).")
+        int, typer.Option("--max-samples", "-n", metavar="N", callback=opt.at_least(0),
+                          help="Known samples per relation for the patchscope (0: all).")
     ] = DEFAULT_MAX_SAMPLES,
     probe_samples: Annotated[
-        int, typer.Option("--probe-samples", min=0, help="Known samples per relation for the probe (0: all).")
+        int, typer.Option("--probe-samples", metavar="N", callback=opt.at_least(0),
+                          help="Known samples per relation for the probe (0: all).")
     ] = 0,
     target_prompt: Annotated[
         list[str] | None,
-        typer.Option("--target-prompt", help="A target prompt with the placeholder x: 'KEY=PROMPT' for one "
-                     "relation (key or name), or 'PROMPT' for all. Repeatable.", show_default="the paper's, "
-                     "else derived from the relation's first template"),
+        typer.Option("--target-prompt", metavar="[KEY=]PROMPT", show_default=False,
+                     help="A target prompt with the placeholder x, for one relation (key or name) or all. "
+                     "Repeatable.  [default: the paper's, else from the relation's first template]"),
     ] = None,
     windows: Annotated[
         list[Path] | None,
-        typer.Option("--windows", help="The paper's preprocessed TSVs (files or a folder): their WikiText windows "
-                     "become the source contexts of JSON relations of the same name.",
-                     show_default=f"${DATA_DIR_ENV}/patchscopes_preprocessed if it exists"),
+        typer.Option("--windows", metavar="PATH", show_default=False,
+                     help="The paper's preprocessed TSVs (files or a folder): their WikiText windows become the "
+                     f"source contexts of JSON relations of the same name.  [default: ${DATA_DIR_ENV}/"
+                     "patchscopes_preprocessed if it exists]"),
     ] = None,
     corpus: Annotated[
         list[Path] | None,
-        typer.Option("--corpus", help="Plain text files in which to find windows containing each subject."),
+        typer.Option("--corpus", metavar="FILE", help="Plain text files in which to find windows containing "
+                     "each subject."),
     ] = None,
     contexts: Annotated[
-        str, typer.Option("--contexts", help="Allowed source contexts in order of preference, comma-separated: "
-                          "wikitext, corpus, template.")
+        str, typer.Option("--contexts", metavar="LIST", help="Allowed source contexts in order of preference, "
+                          "comma-separated: wikitext, corpus, template.")
     ] = ",".join(CONTEXT_KINDS),
     contexts_per_subject: Annotated[
-        int, typer.Option("--contexts-per-subject", min=1, help="The most source contexts per subject.")
+        int, typer.Option("--contexts-per-subject", metavar="N", callback=opt.at_least(1),
+                          help="The most source contexts per subject.")
     ] = 5,
     fact_filter: Annotated[
         bool, typer.Option("--fact-filter/--no-fact-filter", help="Keep only facts the model knows (the object "
-                           "appears within the generated tokens of the verbalized prompt).")
+                           "appears in the generated tokens of the verbalized prompt).")
     ] = True,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", min=1, help="Tokens generated by the fact check and each patch.")
-    ] = 20,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds of the probe.")] = 3,
+    max_new_tokens: opt.max_new_tokens_option("Tokens generated by the fact check and each patch.") = 20,
+    folds: Annotated[
+        int, typer.Option("--folds", metavar="N", callback=opt.at_least(2), help="Cross-validation folds of the probe.")
+    ] = 3,
     probe_cv: Annotated[
-        str, typer.Option("--probe-cv", help="Probe folds over 'subjects' (a subject's contexts in one fold: the "
-                          "probe is tested on unseen subjects) or 'samples' (stratified by object).")
+        str, typer.Option("--probe-cv", metavar="KIND", help="Probe folds over 'subjects' (the probe is tested on "
+                          "unseen subjects) or 'samples' (stratified by object).")
     ] = "subjects",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample selection and the folds.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the records here (.json).")] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a layer × layer heatmap per relation: .html "
-                                  "(self-contained) or .png (kaleido).")
-    ] = None,
+    seed: opt.seed_option("the sample selection and the folds") = 0,
+    json_path: opt.json_option() = None,
+    plot: opt.plot_option("a layer × layer heatmap per relation") = None,
     details: Annotated[
-        Path | None, typer.Option("--details", help="Write every patched generation (.json, .csv or .parquet).")
+        Path | None, typer.Option("--details", metavar="FILE", help="Write every patched generation (.json, "
+                                  ".csv or .parquet).")
     ] = None,
-    methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated methods: patchscope, probe, lre (the LRE attribute "
-                          "lens of Hernandez et al., with its faithfulness).")
-    ] = ",".join(DEFAULT_METHODS),
+    methods: opt.methods_option("Methods, comma-separated: patchscope, probe, lre (the LRE attribute lens of "
+                                "Hernandez et al., with its faithfulness).  [default: patchscope,probe]") = None,
     lre_examples: Annotated[
-        int, typer.Option("--lre-examples", min=2, help="In-context examples per LRE (the paper: 8).")
+        int, typer.Option("--lre-examples", metavar="N", callback=opt.at_least(2),
+                          help="In-context examples per LRE (the paper: 8).")
     ] = DEFAULT_EXAMPLES,
     lre_beta: Annotated[
-        float | None, typer.Option("--lre-beta", help="β of the LREs.", show_default="chosen on the fitting examples")
+        float | None, typer.Option("--lre-beta", metavar="B", show_default=False,
+                                   help="β of the LREs.  [default: chosen on the fitting examples]")
     ] = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Attribute extraction: the patchscope against a linear probe, per relation (paper, Exp. 2, Table 2).
 
     Examples:
 
-        patchscopes eval attributes --relations data/patchscopes_preprocessed/factual/country_currency.tsv
-
-        patchscopes eval attributes -m smollm2-135m --relations data/relations/factual/*.json --corpus wiki.txt
-        --json attributes.json --plot attributes.html
+    \b
+      patchscopes eval attributes \\
+          --relations data/patchscopes_preprocessed/factual/country_currency.tsv
+      patchscopes eval attributes --relations data/relations/factual/*.json \\
+          --corpus wiki.txt --json attributes.json --plot attributes.html
     """
-    check_engine(engine)
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = opt.parse_methods(methods) or list(DEFAULT_METHODS)
     bad = [m for m in method_list if m not in METHODS]
-    if bad or not method_list:
-        raise PatchscopesError(f"unknown --methods {', '.join(bad) or '(none)'}",
-                               hint=f"use some of {', '.join(METHODS)}")
+    if bad:
+        raise PatchscopesError(f"unknown --methods {', '.join(bad)}", hint=f"use some of {', '.join(METHODS)}")
     if lre_beta is not None and not lre_beta > 0:
         raise PatchscopesError(f"--lre-beta must be positive, got {lre_beta}")
     if probe_cv not in ("samples", "subjects"):
         raise PatchscopesError(f"unknown --probe-cv {probe_cv!r}", hint="use samples or subjects")
-    check_output_paths(json_path, plot)
+    opt.check_output_paths(json_path, plot)
     if details is not None and details.suffix.lower() not in (".json", ".csv", ".parquet", ".pq"):
         raise PatchscopesError(f"--details {details}: the file name must end in .json, .csv or .parquet")
     kinds = [k.strip() for k in contexts.split(",") if k.strip()]
@@ -181,7 +169,6 @@ def attributes_command(
     if unknown or not kinds:
         raise PatchscopesError(f"unknown --contexts {', '.join(unknown) or '(none)'}",
                                hint=f"use some of {', '.join(CONTEXT_KINDS)}")
-    set_threads(threads)
     rels = load_relations([*relations, *(more_relations or [])])
     window_paths = windows if windows else default_windows()
     if window_paths and "wikitext" in kinds:
@@ -192,13 +179,13 @@ def attributes_command(
     prompts = parse_target_prompts(target_prompt)
 
     start = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     results = evaluate_attributes(
         lm, rels, target_prompts=prompts, source_layers=source_layers, target_layers=target_layers,
         max_samples=max_samples or None, probe_samples=probe_samples or None, contexts=kinds,
         corpus=list(documents) if documents is not None else None, contexts_per_subject=contexts_per_subject,
         max_new_tokens=max_new_tokens, fact_filter=fact_filter, folds=folds, probe_cv=probe_cv,  # type: ignore[arg-type]
-        seed=seed, engine=engine, progress=True,  # type: ignore[arg-type]
+        seed=seed, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
         methods=method_list, lre_examples=lre_examples, lre_beta=lre_beta,
     )
     seconds = time.perf_counter() - start

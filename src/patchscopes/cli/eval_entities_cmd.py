@@ -11,24 +11,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, write_json, wrote
-from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    PlotOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import console, eval_app, write_json, wrote
 from patchscopes.data.entities import SPLITS, EntitySet, read_entities, select_entities
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.entities import (
@@ -39,11 +30,24 @@ from patchscopes.experiments.entities import (
     description_figure,
     summarize_descriptions,
 )
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure, show_token
 
-ENTITIES_HELP = ("An entity file: PopQA rows (TSV/CSV/JSON with 'subj', 's_pop'), PopQA questions with 's_pop', "
-                 "WikiDes JSON lines ('source', 'target'), or a file with 'entity' [, 'reference', 'popularity'].")
+ENTITIES_HELP = ("An entity file: PopQA rows or questions ('subj', 's_pop'), WikiDes JSON lines ('source', "
+                 "'target'), or a file with 'entity' [, 'reference', 'popularity'].")
+EntitiesOption = Annotated[Path, typer.Option("--entities", "-e", metavar="FILE", help=ENTITIES_HELP)]
+NoSbertOption = Annotated[bool, typer.Option("--no-sbert", help="Skip the SBERT score.")]
+
+
+def reference_option(help: str) -> Any:
+    """``--reference KIND``: what the descriptions are scored against (file or self)."""
+    return Annotated[str, typer.Option("--reference", metavar="KIND", help=help)]
+
+
+def check_entity_options(split: str, reference: str) -> None:
+    """Refuse an unknown ``--split`` or ``--reference``."""
+    opt.check_choice(split, SPLITS, "--split")
+    opt.check_choice(reference, REFERENCE_KINDS, "--reference")
 
 
 def clean_records(frame: pd.DataFrame, extra: dict | None = None) -> list[dict]:
@@ -102,70 +106,58 @@ def examples_table(samples: pd.DataFrame, per_group: int, *, title: str) -> Tabl
     return table
 
 
-@eval_app.command("entities")
-@handle_errors
+@eval_app.command("entities", short_help="Exp. 3: describe entities from their early-layer states.")
+@opt.runtime_options()
 def entities_command(
-    entities: Annotated[Path, typer.Option("--entities", "-e", help=ENTITIES_HELP)],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
-    layers: Annotated[
-        str, typer.Option("--layers", "-l", help="Source layers l (l* = l): 'all', '0,5,10', '0:10'.")
-    ] = DEFAULT_LAYERS,
+    entities: EntitiesOption,
+    model: opt.ModelOption = DEFAULT_MODEL,
+    layers: opt.layers_option("Source layers l (l* = l): 'all', '0,5,10', '0:10'.") = DEFAULT_LAYERS,
     n: Annotated[
-        int, typer.Option("--n", "-n", min=1, help="Entities to describe; with popularities, half rare and half "
-                          "popular.")
+        int, typer.Option("--n", "-n", metavar="N", callback=opt.at_least(1),
+                          help="Entities to describe; with popularities, half rare and half popular.")
     ] = 100,
     split: Annotated[
-        str, typer.Option("--split", help="extremes: the n/2 least and n/2 most popular (the paper); median: n/2 "
-                          "drawn below and above the median; random: n at random, one group.")
+        str, typer.Option("--split", metavar="NAME", help="extremes: the n/2 least and n/2 most popular (the "
+                          "paper); median: n/2 below and above the median; random: n at random, one group.")
     ] = "extremes",
-    reference: Annotated[
-        str, typer.Option("--reference", help="file: the file's reference descriptions; self: the model's own "
-                          "description when it reads the name (a consistency check, not truth).")
-    ] = "file",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 50,
-    no_sbert: Annotated[bool, typer.Option("--no-sbert", help="Skip the SBERT score.")] = False,
+    reference: reference_option("file: the file's reference descriptions; self: the model's own description "
+                                "when it reads the name (a consistency check, not truth).") = "file",
+    max_new_tokens: opt.max_new_tokens_option() = 50,
+    no_sbert: NoSbertOption = False,
     examples: Annotated[
-        int, typer.Option("--examples", min=0, help="Entities per group in the table of example descriptions.")
+        int, typer.Option("--examples", metavar="N", callback=opt.at_least(0),
+                          help="Entities per group in the table of example descriptions.")
     ] = 2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random draws of entities.")] = 0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write one record per (entity, layer) here.")
-    ] = None,
-    plot: PlotOption = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    seed: opt.seed_option("the random draws of entities") = 0,
+    json_path: opt.json_option("one record per (entity, layer)") = None,
+    plot: opt.PlotOption = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Describe entities from their hidden states in the first layers and score the descriptions (paper, Exp. 3).
 
     Examples:
 
-        patchscopes eval entities --entities wikides/phase2/generated_validation_para_256_random.json --n 100
-
-        patchscopes eval entities --entities popqa/popqa_sample_2000.json --reference self --plot fig3.html
+    \b
+      patchscopes eval entities --n 100 \\
+          --entities wikides/phase2/generated_validation_para_256_random.json
+      patchscopes eval entities --entities popqa/popqa_sample_2000.json \\
+          --reference self --plot fig3.html
     """
-    check_engine(engine)
-    if split not in SPLITS:
-        raise PatchscopesError(f"unknown --split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
-    if reference not in REFERENCE_KINDS:
-        raise PatchscopesError(f"unknown --reference {reference!r}", hint=f"use one of {', '.join(REFERENCE_KINDS)}")
-    check_output_paths(json_path, plot)
-    set_threads(threads)
+    check_entity_options(split, reference)
+    opt.check_output_paths(json_path, plot)
     found = read_entities(entities)
     note = reference_note(found, reference)
     if note and plot is not None:
         raise PatchscopesError(f"nothing to plot: {note}")
     chosen = select_entities(found, n, split=split, seed=seed)
     start = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     console.print(Text(found.summary(), style="dim"), soft_wrap=True)
     if note:
         console.print(Text(note, style="yellow"), soft_wrap=True)
     samples = describe_entities(lm, chosen, layers=layers, reference=reference, sbert=not no_sbert,
-                                max_new_tokens=max_new_tokens, engine=engine, progress=True)  # type: ignore[arg-type]
+                                max_new_tokens=max_new_tokens, engine=runtime.engine, progress=True)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     summary = summarize_descriptions(samples)
     groups = ", ".join(f"{g}: {c}" for g, c in samples.drop_duplicates("entity")["group"].value_counts().items())

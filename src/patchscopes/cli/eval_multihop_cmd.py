@@ -19,16 +19,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, layer_list, write_json, wrote
-from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import console, eval_app, layer_list, write_json, wrote
 from patchscopes.data.relations import load_relations
 from patchscopes.data.text import DATA_DIR_ENV
 from patchscopes.data.two_hop import COT_TEMPLATE
@@ -40,7 +32,7 @@ from patchscopes.experiments.multihop import (
     result_records,
     summarize_multihop,
 )
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 
 PAPER_VICUNA_13B = {"vanilla": "19.57 (9/46)", "cot": "35.71", "patchscope-oracle": "50.00 (23/46)",
@@ -77,37 +69,37 @@ def relation_paths(paths: list[Path]) -> list[Path]:
     return out
 
 
-@eval_app.command("multihop")
-@handle_errors
+@eval_app.command("multihop", short_help="Multi-hop correction with the CoT patchscope (§4.5).")
+@opt.runtime_options()
 def multihop_command(
     relations: Annotated[
         list[Path] | None,
-        typer.Option("--relations", "-r", help="Relation files (.json, the evandez/relations schema) or folders of "
-                     "them; several may follow one --relations.", show_default=f"${DATA_DIR_ENV}/relations"),
+        typer.Option("--relations", "-r", metavar="PATH", show_default=False,
+                     help="Relation files (.json, the evandez/relations schema) or folders of them; several may "
+                     f"follow one --relations.  [default: ${DATA_DIR_ENV}/relations]"),
     ] = None,
-    more_relations: Annotated[list[Path] | None, typer.Argument(hidden=True, metavar="PATH")] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
+    more_relations: opt.MoreRelationsArgument = None,
+    model: opt.ModelOption = DEFAULT_MODEL,
     direction: Annotated[
-        str, typer.Option("--direction", help="hop1-into-hop2 (the paper's text: hop 1's last state into the "
-                          "composed prompt) or hop2-into-hop1 (the paper's code).")
+        str, typer.Option("--direction", metavar="NAME", help="hop1-into-hop2 (the paper's text: hop 1's last "
+                          "state into the composed prompt) or hop2-into-hop1 (the paper's code).")
     ] = "hop1-into-hop2",
     source_layers: Annotated[
-        str | None, typer.Option("--source-layers", "-l", help="Source layers l: 'all', '0,5,10', '0:30:3'.",
-                                 show_default="about 10 evenly spaced layers ending at the last, e.g. 2:30:3")
+        str | None, typer.Option("--source-layers", "-l", metavar="SPEC", show_default=False,
+                                 help="Source layers l: 'all', '0,5,10', '0:30:3'.  [default: about 10 evenly "
+                                 "spaced layers ending at the last]")
     ] = None,
     target_layers: Annotated[
-        str | None, typer.Option("--target-layers", "-t", help="Target layers l* (a SPEC as for --source-layers).",
-                                 show_default="as --source-layers")
+        str | None, typer.Option("--target-layers", "-t", metavar="SPEC", show_default=False,
+                                 help="Target layers l*.  [default: as --source-layers]")
     ] = None,
     max_queries: Annotated[
-        int, typer.Option("--max-queries", "-n", min=0, help="Use at most this many kept queries (a seeded "
-                          "sample; 0: all). Each costs one generation per (l, l*) pair.")
+        int, typer.Option("--max-queries", "-n", metavar="N", callback=opt.at_least(0), help="Use at most this many "
+                          "kept queries (a seeded sample; 0: all); each costs a generation per (l, l*).")
     ] = 60,
     max_per_chain: Annotated[
-        int, typer.Option("--max-per-chain", min=0, help="Build at most this many candidate queries per relation "
-                          "pair (a seeded sample; 0: all); bounds the cost of the hop filter.")
+        int, typer.Option("--max-per-chain", metavar="N", callback=opt.at_least(0), help="Candidate queries per "
+                          "relation pair (a seeded sample; 0: all); bounds the hop filter's cost.")
     ] = 0,
     any_types: Annotated[
         bool, typer.Option("--any-types", help="Chain relations whenever an object of one is a subject of the "
@@ -115,47 +107,44 @@ def multihop_command(
     ] = False,
     hop_filter: Annotated[
         bool, typer.Option("--hop-filter/--no-hop-filter", help="Keep only the queries whose two hops the model "
-                           "answers alone (the answer within --max-new-tokens greedy tokens).")
+                           "answers alone (within --max-new-tokens greedy tokens).")
     ] = True,
     control: Annotated[
-        bool, typer.Option("--control/--no-control", help="Also run the control: the same sweep with the source "
-                           "taken from another query (a wrong intermediate entity); doubles the sweep's cost.")
+        bool, typer.Option("--control/--no-control", help="Also run the sweep with the source taken from another "
+                           "query (a wrong intermediate entity); doubles the cost.")
     ] = True,
     dev_fraction: Annotated[
-        float, typer.Option("--dev-fraction", min=0.0, max=1.0, help="Share of the queries used to choose the "
-                            "held-out (l, l*) pair.")
+        float, typer.Option("--dev-fraction", metavar="X", callback=opt.at_least(0.0, 1.0),
+                            help="Share of the queries used to choose the held-out (l, l*) pair.")
     ] = 0.5,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", min=1, help="Greedy tokens of the hop filter, the vanilla prompt "
-                          "and each patched generation.")
-    ] = 20,
+    max_new_tokens: opt.max_new_tokens_option("Greedy tokens of the hop filter, the vanilla prompt and each patch.")
+    = 20,
     cot_tokens: Annotated[
-        int, typer.Option("--cot-tokens", min=1, help="Greedy tokens of the chain-of-thought prompt.")
+        int, typer.Option("--cot-tokens", metavar="N", callback=opt.at_least(1),
+                          help="Greedy tokens of the chain-of-thought prompt.")
     ] = 40,
     cot_template: Annotated[
-        str, typer.Option("--cot-template", help="The chain-of-thought prompt; {composed} is the composed prompt.")
+        str, typer.Option("--cot-template", metavar="TEXT", help="The chain-of-thought prompt; {composed} is the "
+                          "composed prompt.")
     ] = COT_TEMPLATE,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and of the dev/test split.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the records here (.json).")] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write the (l, l*) heatmap: .html (self-contained) or .png "
-                                  "(kaleido).")
-    ] = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    seed: opt.seed_option("the samples and of the dev/test split") = 0,
+    json_path: opt.json_option() = None,
+    plot: opt.plot_option("the (l, l*) heatmap") = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Multi-hop correction: vanilla, chain of thought and the CoT patchscope on two-hop queries (paper, §4.5).
 
     Examples:
 
-        patchscopes eval multihop -m smollm2-135m --relations data/relations/factual/food_from_country.json
-        data/relations/factual/country_capital_city.json --json multihop.json --plot multihop.html
-
-        patchscopes eval multihop --relations data/relations --direction hop2-into-hop1 -l 0:30:2 -t 0:30:2
+    \b
+      patchscopes eval multihop --relations \\
+          data/relations/factual/food_from_country.json \\
+          data/relations/factual/country_capital_city.json \\
+          --json multihop.json --plot multihop.html
+      patchscopes eval multihop --relations data/relations \\
+          --direction hop2-into-hop1 -l 0:30:2 -t 0:30:2
     """
-    check_engine(engine)
     if direction not in DIRECTIONS:
         raise PatchscopesError(f"unknown --direction {direction!r}", hint=f"use {' or '.join(DIRECTIONS)}")
     if not 0 < dev_fraction < 1:
@@ -163,17 +152,16 @@ def multihop_command(
     if "{composed}" not in cot_template:
         raise PatchscopesError(f"--cot-template {cot_template!r} has no {{composed}}",
                                hint=f"e.g. {COT_TEMPLATE!r}")
-    check_output_paths(json_path, plot)
-    set_threads(threads)
+    opt.check_output_paths(json_path, plot)
     rels = load_relations(relation_paths([*(relations or []), *(more_relations or [])]))
 
     start = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     samples = multihop_samples(
         lm, rels, direction=direction, source_layers=source_layers, target_layers=target_layers,  # type: ignore[arg-type]
         max_queries=max_queries or None, max_per_chain=max_per_chain or None, match_types=not any_types,
         hop_filter=hop_filter, control=control, dev_fraction=dev_fraction, seed=seed, max_new_tokens=max_new_tokens,
-        cot_tokens=cot_tokens, cot_template=cot_template, engine=engine, progress=True,  # type: ignore[arg-type]
+        cot_tokens=cot_tokens, cot_template=cot_template, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
     )
     summary = summarize_multihop(samples)
     seconds = time.perf_counter() - start

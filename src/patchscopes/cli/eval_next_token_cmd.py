@@ -18,90 +18,66 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import console, eval_app, handle_errors, wrote
-from patchscopes.cli.lens_cmd import TEXT_HELP, set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    PlotOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
-from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import console, eval_app, wrote
+from patchscopes.cli.lens_cmd import eval_documents
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
 from patchscopes.lenses import Lens
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 
 
-def parse_methods(values: list[str] | None) -> list[str] | None:
-    """Method names from repeated and/or comma-separated options (``None``: all)."""
-    if not values:
-        return None
-    return [m.strip() for v in values for m in v.split(",") if m.strip()]
-
-
-@eval_app.command("next-token")
-@handle_errors
+@eval_app.command("next-token", short_help="Exp. 1: next-token prediction from every layer.")
+@opt.runtime_options()
 def next_token_command(
-    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
+    text: opt.TextOption,
+    model: opt.ModelOption = DEFAULT_MODEL,
     samples: Annotated[
-        int, typer.Option("--samples", "-n", min=1, help="Positions to sample (one per window).")
+        int, typer.Option("--samples", "-n", metavar="N", callback=opt.at_least(1),
+                          help="Positions to sample (one per window).")
     ] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and random demonstrations.")] = 0,
-    methods: Annotated[
-        list[str] | None,
-        typer.Option("--methods", help=f"Methods, comma-separated or repeated: {', '.join(NEXT_TOKEN_METHODS)}, and "
-                     "affine-lens / tuned-lens for each --lens.", show_default="all"),
-    ] = None,
+    seed: opt.seed_option("the samples and random demonstrations") = 0,
+    methods: opt.methods_option(f"Comma-separated or repeated: {', '.join(NEXT_TOKEN_METHODS)}, and "
+                                "affine-lens / tuned-lens for each --lens.  [default: all]") = None,
     lens: Annotated[
-        list[Path] | None, typer.Option("--lens", help="A lens folder from `patchscopes fit-lens` (repeatable).")
+        list[Path] | None,
+        typer.Option("--lens", metavar="DIR", help="A lens folder from `patchscopes fit-lens` (repeatable)."),
     ] = None,
-    layers: Annotated[str, typer.Option("--layers", "-l", help="Source layers: 'all', '0,5,10', '0:30:2'.")] = "all",
-    max_tokens: Annotated[
-        int, typer.Option("--max-tokens", min=2, help="Documents are cut into windows of this many tokens.")
-    ] = 64,
-    demo_k: Annotated[int, typer.Option("--demo-k", min=1, help="Random demonstrations per prompt.")] = 3,
-    demo_sets: Annotated[int, typer.Option("--demo-sets", min=1, help="Random demonstration sets.")] = 3,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
-    ] = DEFAULT_EVAL_FRACTION,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the per-layer records here.")] = None,
-    plot: PlotOption = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    layers: opt.layers_option("Source layers: 'all', '0,5,10', '0:30:2'.") = "all",
+    max_tokens: opt.max_tokens_option("Documents are cut into windows of this many tokens.") = 64,
+    demo_k: Annotated[
+        int, typer.Option("--demo-k", metavar="N", callback=opt.at_least(1), help="Random demonstrations per prompt.")
+    ] = 3,
+    demo_sets: Annotated[
+        int, typer.Option("--demo-sets", metavar="N", callback=opt.at_least(1), help="Random demonstration sets.")
+    ] = 3,
+    eval_fraction: opt.eval_fraction_option() = DEFAULT_EVAL_FRACTION,
+    json_path: opt.json_option("the per-layer records") = None,
+    plot: opt.PlotOption = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Precision@1 and surprisal of next-token prediction from every layer, per method (paper, Exp. 1).
 
     Examples:
 
-        patchscopes eval next-token --model smollm2-135m --text wiki.txt --lens lenses/smollm2-affine
-
-        patchscopes eval next-token --text wiki.txt --samples 200 --methods logit-lens,token-identity --plot f.html
+    \b
+      patchscopes eval next-token --text wiki.txt \\
+          --lens lenses/smollm2-affine
+      patchscopes eval next-token --text wiki.txt --samples 200 \\
+          --methods logit-lens,token-identity --plot f.html
     """
-    check_engine(engine)
-    check_output_paths(json_path, plot)
-    method_list = parse_methods(methods)
-    set_threads(threads)
-    docs = read_documents(text)
-    _, eval_docs = split_documents(docs, eval_fraction)
-    if not eval_docs:
-        raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
-                               hint="give more text or a larger --eval-fraction")
+    opt.check_output_paths(json_path, plot)
+    method_list = opt.parse_methods(methods)
+    eval_docs = eval_documents(text, eval_fraction)
     start = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     lenses = [Lens.load(path, model=lm) for path in (lens or [])]
     summary = evaluate_next_token(
         lm, eval_docs, samples=samples, seed=seed, methods=method_list, lenses=lenses, layers=layers,
-        max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, engine=engine, progress=True,  # type: ignore[arg-type]
+        max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
     )
     seconds = time.perf_counter() - start
     attrs = summary.attrs

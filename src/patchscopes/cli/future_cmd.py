@@ -15,19 +15,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, eval_app, handle_errors, layer_list, write_json, wrote
-from patchscopes.cli.lens_cmd import TEXT_HELP, fit_documents, set_threads
-from patchscopes.cli.options import (
-    DeviceOption,
-    DtypeOption,
-    EngineOption,
-    PlotOption,
-    ThreadsOption,
-    check_engine,
-    check_output_paths,
-)
-from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
-from patchscopes.errors import PatchscopesError
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, eval_app, layer_list, write_json, wrote
+from patchscopes.cli.lens_cmd import eval_documents, fit_documents
+from patchscopes.data.text import DEFAULT_EVAL_FRACTION
 from patchscopes.experiments.future_lens import (
     FUTURE_METHODS,
     METHOD_LABELS,
@@ -36,7 +27,7 @@ from patchscopes.experiments.future_lens import (
     future_figure,
 )
 from patchscopes.lenses.future import CHECKPOINT_FILE, FIXED_PROMPT, FutureLens, PromptSettings, fit_future_lens
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 from patchscopes.specs import parse_spec
 
@@ -53,34 +44,35 @@ def parse_offsets(spec: str) -> list[int]:
     return parse_spec(spec, MAX_OFFSET + 1, what="offset")
 
 
-@app.command("fit-future-lens")
-@handle_errors
+@app.command("fit-future-lens", short_help="Fit the future lens (linear maps, learned prompts) and save it.")
+@opt.runtime_options(engine=False)
 def fit_future_lens_command(
-    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The lens folder to write.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
-    layers: Annotated[str, typer.Option("--layers", "-l", help="Source layers: 'all', '0,5,10', '::3'.")
-                      ] = DEFAULT_LAYERS,
-    offsets: Annotated[str, typer.Option("--offsets", help="Offsets N: '0:4' is 0, 1, 2, 3.")] = "0:4",
-    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="Positions to fit on.")] = 2000,
+    text: opt.TextOption,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The lens folder to write.")],
+    model: opt.ModelOption = DEFAULT_MODEL,
+    layers: opt.layers_option("Source layers l: 'all', '0,5,10', '::3'.") = DEFAULT_LAYERS,
+    offsets: Annotated[str, typer.Option("--offsets", metavar="SPEC", help="Offsets N: '0:4' is 0, 1, 2, 3.")
+                       ] = "0:4",
+    samples: Annotated[int, typer.Option("--samples", "-n", metavar="N", callback=opt.at_least(1),
+                                         help="Positions to fit on.")] = 2000,
     prompt_length: Annotated[
-        int, typer.Option("--prompt-length", "-k", min=1, help="Vectors of the learned prompt (the paper: 10).")
+        int, typer.Option("--prompt-length", "-k", metavar="K", callback=opt.at_least(1),
+                          help="Vectors of the learned prompt (the paper: 10).")
     ] = 10,
     steps: Annotated[
-        int, typer.Option("--steps", min=0, help="Training steps per layer of the learned prompt (0: none).")
+        int, typer.Option("--steps", metavar="N", callback=opt.at_least(0),
+                          help="Training steps per layer of the learned prompt (0: none).")
     ] = 100,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Positions per training step.")] = 16,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the prompt.")] = 1e-2,
-    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge term of the linear maps.")] = 0.0,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents held out for evaluation.")
-    ] = DEFAULT_EVAL_FRACTION,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the positions and batches.")] = 0,
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", callback=opt.at_least(1),
+                                            help="Positions per training step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", metavar="X", callback=opt.at_least(0.0),
+                                      help="AdamW learning rate of the prompt.")] = 1e-2,
+    ridge: opt.RidgeOption = 0.0,
+    eval_fraction: opt.eval_fraction_option("Share of documents held out (the split of `fit-lens`).")
+    = DEFAULT_EVAL_FRACTION,
+    seed: opt.seed_option("the positions and batches") = 0,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Fit the future lens: linear maps per (layer, offset) and a learned prompt per layer (Pal et al. 2023).
 
@@ -88,15 +80,15 @@ def fit_future_lens_command(
 
     Examples:
 
-        patchscopes fit-future-lens --model smollm2-135m --text wiki.txt --layers ::3 --steps 100
-        --out lenses/smollm2-future
+    \b
+      patchscopes fit-future-lens --text wiki.txt --layers ::3 \\
+          --steps 100 --out lenses/smollm2-future
     """
     offset_list = parse_offsets(offsets)
     settings = PromptSettings(prompt_length=prompt_length, steps=max(steps, 1), batch_size=batch_size, lr=lr,
                               seed=seed)
-    set_threads(threads)
     fit_docs, split = fit_documents(text, eval_fraction)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     layer_ids = parse_spec(layers, lm.num_layers, what="layer")
     ckpt = out / CHECKPOINT_FILE
     if steps and ckpt.is_file():
@@ -114,66 +106,54 @@ def fit_future_lens_command(
     wrote("future lens", f"{out} ({lens.config.get('seconds')} s)")
 
 
-@eval_app.command("future")
-@handle_errors
+@eval_app.command("future", short_help="Future lens: the token N positions ahead from one hidden state.")
+@opt.runtime_options()
 def eval_future_command(
-    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
+    text: opt.TextOption,
+    model: opt.ModelOption = DEFAULT_MODEL,
     lens: Annotated[
-        Path | None, typer.Option("--lens", help="A folder from `patchscopes fit-future-lens` (for the linear and "
-                                  "learned methods).")
+        Path | None, typer.Option("--lens", metavar="DIR", help="A folder from `patchscopes fit-future-lens` (for "
+                                  "the linear and learned methods).")
     ] = None,
     offsets: Annotated[
-        str | None, typer.Option("--offsets", help="Offsets N: '0:4' is 0, 1, 2, 3.",
-                                 show_default="the lens's, else 0:4")
+        str | None, typer.Option("--offsets", metavar="SPEC", show_default=False,
+                                 help="Offsets N: '0:4' is 0, 1, 2, 3.  [default: the lens's, else 0:4]")
     ] = None,
-    layers: Annotated[
-        str | None, typer.Option("--layers", "-l", help="Source layers.", show_default="the lens's, else ::3")
-    ] = None,
-    methods: Annotated[
-        str | None, typer.Option("--methods", help=f"Comma-separated: {', '.join(FUTURE_METHODS)}.",
-                                 show_default="all the lens allows (fixed without a lens)")
-    ] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", min=1, help="Positions to evaluate.")] = 200,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="k of Precision@k (beside Precision@1).")] = 5,
-    fixed_prompt: Annotated[str, typer.Option("--fixed-prompt", help="The fixed method's prompt.")] = FIXED_PROMPT,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0, help="Share of documents in the eval part.")
-    ] = DEFAULT_EVAL_FRACTION,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the positions.")] = 1,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the records here (.json).")] = None,
-    plot: PlotOption = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    layers: opt.layers_option("Source layers.  [default: the lens's, else ::3]", optional=True) = None,
+    methods: opt.methods_option(f"Comma-separated: {', '.join(FUTURE_METHODS)}.  [default: all the lens allows; "
+                                "fixed without a lens]") = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", metavar="N", callback=opt.at_least(1),
+                                         help="Positions to evaluate.")] = 200,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", callback=opt.at_least(1),
+                                       help="k of Precision@k (beside Precision@1).")] = 5,
+    fixed_prompt: Annotated[str, typer.Option("--fixed-prompt", metavar="TEXT",
+                                              help="The fixed method's prompt.")] = FIXED_PROMPT,
+    eval_fraction: opt.eval_fraction_option() = DEFAULT_EVAL_FRACTION,
+    seed: opt.seed_option("the positions") = 1,
+    json_path: opt.json_option() = None,
+    plot: opt.plot_option("Precision@1 per layer, a panel per N") = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Precision@1 of the token N positions ahead from one hidden state, per method, layer and N (Pal et al.).
 
     Examples:
 
-        patchscopes eval future --model smollm2-135m --text wiki.txt --lens lenses/smollm2-future
-        --json future.json --plot future.html
+    \b
+      patchscopes eval future --text wiki.txt --lens lenses/smollm2-future \\
+          --json future.json --plot future.html
     """
-    check_engine(engine)
-    check_output_paths(json_path, plot)
+    opt.check_output_paths(json_path, plot)
     offset_list = parse_offsets(offsets) if offsets is not None else None
-    method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    set_threads(threads)
-    docs = read_documents(text)
-    _, eval_docs = split_documents(docs, eval_fraction)
-    if not eval_docs:
-        raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
-                               hint="give more text or a larger --eval-fraction")
+    method_list = opt.parse_methods(methods)
+    eval_docs = eval_documents(text, eval_fraction)
     start = time.perf_counter()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     fitted = FutureLens.load(lens, model=lm) if lens is not None else None
     layer_ids = parse_spec(layers, lm.num_layers, what="layer") if layers is not None else None
     results = evaluate_future(lm, eval_docs, lens=fitted, layers=layer_ids, offsets=offset_list, methods=method_list,
                               samples=samples, top_k=top_k, fixed_prompt=fixed_prompt, seed=seed,
-                              engine=engine, progress=True)  # type: ignore[arg-type]
+                              engine=runtime.engine, progress=True)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     console.print(results_table(results, title=f"future lens · {lm.name} · Precision@1 (%) by layer and N"))
     attrs = results.attrs

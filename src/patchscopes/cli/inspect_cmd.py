@@ -15,80 +15,71 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors, wrote
-from patchscopes.cli.options import check_engine
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, wrote
 from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import cell_probability, cell_text, grid, heatmap, save_figure
 from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results
 from patchscopes.sweep import sweep
 
-SPEC_HELP = "'all', a list '0,3,5', a range '2:10' (2 to 9; '0:30:5' with a step), negatives count from the end"
 
-
-@app.command("inspect")
-@handle_errors
+@app.command("inspect", short_help="Read every hidden state of a prompt through a patchscope.")
+@opt.runtime_options()
 def inspect_command(
-    prompt: Annotated[str, typer.Argument(help="The source prompt S whose hidden states are inspected.")],
-    model: Annotated[
-        str,
-        typer.Option("--model", "-m", help="An embedded alias (see `patchscopes models`), a .gguf file, a local "
-                     "Hugging Face model folder, or a hub id."),
-    ] = DEFAULT_MODEL,
+    prompt: Annotated[
+        str, typer.Argument(metavar="PROMPT", show_default=False, help="The source prompt S whose hidden states are "
+                            "read.")
+    ],
+    model: opt.ModelOption = DEFAULT_MODEL,
     scope: Annotated[
-        str, typer.Option("--scope", "-s", help=f"The preset: {', '.join(PRESETS)}.")
+        str, typer.Option("--scope", "-s", metavar="NAME", help=f"The preset: {', '.join(PRESETS)}.")
     ] = "token-identity",
     target_prompt: Annotated[
         str | None,
-        typer.Option("--target-prompt", "-t", help="Replace the preset's target prompt T (for description, it "
-                     "must contain the placeholder x, which is patched)."),
+        typer.Option("--target-prompt", "-t", metavar="TEXT", help="Replace the preset's target prompt T (for "
+                     "description it must contain the placeholder x, which is patched)."),
     ] = None,
-    layers: Annotated[str, typer.Option("--layers", "-l", help=f"Source layers l: {SPEC_HELP}.")] = "all",
+    layers: opt.layers_option(f"Source layers l: {opt.SPEC_HELP}.") = "all",
     positions: Annotated[
-        str, typer.Option("--positions", "-p", help=f"Source token positions i: {SPEC_HELP}.")
+        str, typer.Option("--positions", "-p", metavar="SPEC", help="Source token positions i (a SPEC as for "
+                          "--layers).")
     ] = "all",
-    target_layer: Annotated[
-        str | None,
-        typer.Option("--target-layer", help="Target layers l* (a SPEC); by default the preset's (l* = l, or the "
-                     "last layer for logit-lens). Several give rows l→l*."),
-    ] = None,
+    target_layer: opt.layers_option("Target layers l* (a SPEC); several give rows l→l*.  [default: the preset's: "
+                                "l* = l, or the last layer for logit-lens]", "--target-layer", optional=True) = None,
     max_new_tokens: Annotated[
         int | None,
-        typer.Option("--max-new-tokens", min=1, help="Generate this many tokens (turns a next-token preset into "
-                     "generation; description generates 20 by default)."),
+        typer.Option("--max-new-tokens", metavar="N", callback=opt.at_least(1), show_default=False,
+                     help="Generate this many tokens (turns a next-token preset into generation).  [default: 20 "
+                     "for description, else none]"),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option("--top-k", "-k", min=1, help="How many top tokens to keep per patch.",
-                                        show_default="10")
+        int | None, typer.Option("--top-k", "-k", metavar="N", callback=opt.at_least(1), show_default=False,
+                                 help="How many top tokens to keep per patch.  [default: 10]")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON records here.")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the results as CSV here.")] = None,
+    json_path: opt.json_option("the results as records") = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", metavar="FILE", help="Write the results here (.csv).")]
+    = None,
     html_path: Annotated[
         Path | None,
-        typer.Option("--html", help="Write an interactive heatmap here (one self-contained HTML file, works "
-                     "offline)."),
+        typer.Option("--html", metavar="FILE", help="Write an interactive heatmap here (one self-contained HTML "
+                     "file, works offline)."),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="cpu, cuda, cuda:1, mps, or auto (spread over GPUs).")
-    ] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.",
-                                  show_default="float32 on CPU")
-    ] = None,
-    engine: Annotated[
-        str, typer.Option("--engine", help="batched (fast) or reference (one plain forward per patch).")
-    ] = "batched",
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also run each target unpatched and show it.")
     ] = False,
     batch_rows: Annotated[
-        int, typer.Option("--batch-rows", min=1, help="The most patches run in one forward pass.")
+        int, typer.Option("--batch-rows", metavar="N", callback=opt.at_least(1),
+                          help="The most patches run in one forward pass.")
     ] = BatchBudget.rows,
     batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", min=1, help="The most tokens (rows × tokens per row) in one forward pass.")
+        int, typer.Option("--batch-tokens", metavar="N", callback=opt.at_least(1),
+                          help="The most tokens (rows × tokens per row) in one forward pass.")
     ] = BatchBudget.tokens,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Patch each hidden state of PROMPT (layers × positions) into a target run and show what it reads.
 
@@ -96,26 +87,25 @@ def inspect_command(
 
     Examples:
 
-        patchscopes inspect "The Eiffel Tower is in Paris" --layers 0:30:5 --positions -3:
-
-        patchscopes inspect "Leonardo DiCaprio" --scope description --layers 0:10 --positions -1 --html out.html
+    \b
+      patchscopes inspect "The Eiffel Tower is in Paris" -l 0:30:5 -p -3:
+      patchscopes inspect "Leonardo DiCaprio" --scope description \\
+          --layers 0:10 --positions -1 --html out.html
     """
     # Check everything that does not need the model before loading it.
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='give a source prompt, e.g. "The Eiffel Tower is in Paris"')
     get_preset(scope).with_options(target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens)
-    check_engine(engine)
     _check_suffix(json_path, "--json", (".json",))
     _check_suffix(csv_path, "--csv", (".csv",))
     _check_suffix(html_path, "--html", (".html", ".htm"))
-    _check_device(device)
 
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     try:
         frame = sweep(
             lm, prompt, scope, layers=layers, positions=positions, target_layers=target_layer,
             target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens, baseline=baseline,
-            engine=engine, progress=True, budget=BatchBudget(rows=batch_rows, tokens=batch_tokens),  # type: ignore[arg-type]
+            engine=runtime.engine, progress=True, budget=BatchBudget(rows=batch_rows, tokens=batch_tokens),  # type: ignore[arg-type]
         )
     except torch.cuda.OutOfMemoryError as err:
         raise PatchscopesError(
@@ -197,22 +187,3 @@ def _check_suffix(path: Path | None, option: str, suffixes: tuple[str, ...]) -> 
             f"{option} {path}: the file name must end in {' or '.join(suffixes)}",
             hint=f"e.g. {option} {path.with_suffix(suffixes[0]).name}",
         )
-
-
-def _check_device(device: str) -> None:
-    """Fail early, with a clear message, on a device that does not exist here."""
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise PatchscopesError(f"unknown device {device!r}", hint="use cpu, cuda, cuda:1, mps or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PatchscopesError(f"device {device!r} asked for, but CUDA is not available here",
-                                   hint="use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise PatchscopesError(f"there is no {device!r}: this machine has {torch.cuda.device_count()} GPU(s)",
-                                   hint="use --device cuda:0")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PatchscopesError("device 'mps' asked for, but MPS is not available here", hint="use --device cpu")

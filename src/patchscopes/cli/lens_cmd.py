@@ -11,18 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors, wrote
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, wrote
 from patchscopes.data.text import DEFAULT_EVAL_FRACTION, read_documents, split_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import LENS_KINDS, TunedLensSettings, fit_affine_lens, lens_summary, train_tuned_lens
-from patchscopes.models import DEFAULT_MODEL, load_model
-
-TEXT_HELP = ("Plain text files, one document per paragraph (paragraphs separated by blank lines; WikiText "
-             "headings are skipped). Repeat the option for several files.")
+from patchscopes.models import DEFAULT_MODEL
 
 
 def default_lens_dir(model: str, kind: str) -> Path:
@@ -31,62 +28,54 @@ def default_lens_dir(model: str, kind: str) -> Path:
     return Path("lenses") / f"{stem}-{kind}"
 
 
-def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads (fewer can be faster when other programs load the machine)."""
-    if threads is not None:
-        if threads < 1:
-            raise PatchscopesError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-@app.command("fit-lens")
-@handle_errors
+@app.command("fit-lens", short_help="Fit an affine or tuned lens and save it.")
+@opt.runtime_options(engine=False)
 def fit_lens_command(
-    text: Annotated[list[Path], typer.Option("--text", help=TEXT_HELP)],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
+    text: opt.TextOption,
+    model: opt.ModelOption = DEFAULT_MODEL,
     kind: Annotated[
-        str, typer.Option("--kind", help="affine: closed-form least squares with bias (the paper's baseline); "
-                          "tuned: translators trained with a KL loss to the final distribution (Belrose et al.).")
+        str, typer.Option("--kind", metavar="KIND", help="affine: least squares with bias (the paper's baseline); "
+                          "tuned: translators trained with a KL loss (Belrose et al.).")
     ] = "affine",
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="The lens folder to write.", show_default="lenses/MODEL-KIND")
+        Path | None, typer.Option("--out", "-o", metavar="DIR", show_default=False,
+                                  help="The lens folder to write.  [default: lenses/MODEL-KIND]")
     ] = None,
     samples: Annotated[
         int | None,
-        typer.Option("--samples", min=1, help="Hidden-state vectors to fit on (every text position of shuffled "
-                     "windows).", show_default="20000 affine, 8192 tuned"),
+        typer.Option("--samples", metavar="N", callback=opt.at_least(1), show_default=False,
+                     help="Hidden states to fit on (every position of shuffled windows).  [default: 20000 affine, "
+                     "8192 tuned]"),
     ] = None,
-    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge term λ of the affine fit.")] = 0.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Window length in tokens.")] = 64,
-    eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.0, max=1.0,
-                            help="Share of documents held out for evaluation (the same split as `eval next-token`).")
-    ] = DEFAULT_EVAL_FRACTION,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the windows and training batches.")] = 0,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Tuned lens: optimizer steps.")] = 150,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tuned lens: positions per step.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Tuned lens: learning rate.")] = 1e-3,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="Tuned lens: adam or sgd (Nesterov).")] = "adam",
+    ridge: opt.RidgeOption = 0.0,
+    max_tokens: opt.max_tokens_option() = 64,
+    eval_fraction: opt.eval_fraction_option("Share of documents held out (the same split as `eval next-token`).")
+    = DEFAULT_EVAL_FRACTION,
+    seed: opt.seed_option("the windows and training batches") = 0,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", callback=opt.at_least(1),
+                                       help="Tuned lens: optimizer steps.")] = 150,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", callback=opt.at_least(1),
+                                            help="Tuned lens: positions per step.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", metavar="X", callback=opt.at_least(0.0),
+                                      help="Tuned lens: learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option("--optimizer", metavar="NAME",
+                                           help="Tuned lens: adam or sgd (Nesterov).")] = "adam",
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="Tuned lens: checkpoint file, resumed from if present.",
-                     show_default="OUT/checkpoint.safetensors"),
+        typer.Option("--checkpoint", metavar="FILE", show_default=False,
+                     help="Tuned lens: checkpoint, resumed from if present.  [default: OUT/checkpoint.safetensors]"),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Fit a lens (one map per layer l → last layer) and save it as lens.safetensors + lens.json.
 
     Examples:
 
-        patchscopes fit-lens --model smollm2-135m --text wiki.txt --kind affine --out lenses/smollm2-affine
-
-        patchscopes fit-lens --model smollm2-135m --text wiki.txt --kind tuned --steps 200
+    \b
+      patchscopes fit-lens --text wiki.txt --kind affine \\
+          --out lenses/smollm2-affine
+      patchscopes fit-lens --text wiki.txt --kind tuned --steps 200
     """
     if kind not in LENS_KINDS:
         raise PatchscopesError(f"unknown lens kind {kind!r}", hint=f"use one of {', '.join(LENS_KINDS)}")
@@ -94,10 +83,9 @@ def fit_lens_command(
     if kind == "tuned":
         settings = TunedLensSettings(steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                      samples=samples or TunedLensSettings.samples, max_tokens=max_tokens, seed=seed)
-    set_threads(threads)
     fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_lens_dir(model, kind)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     if kind == "affine":
         lens = fit_affine_lens(lm, fit_docs, ridge=ridge, samples=samples or 20000, max_tokens=max_tokens,
                                seed=seed, progress=True, extra_config={"split": split})
@@ -128,3 +116,17 @@ def fit_documents(text: list[Path], eval_fraction: float) -> tuple[list, dict]:
     console.print(Text(f"{len(docs)} documents in {len(docs.files)} file(s) ({docs.headings} headings skipped); "
                        f"fitting on {len(fit_docs)}, {len(eval_docs)} held out for evaluation"), soft_wrap=True)
     return fit_docs, {"files": [Path(f).name for f in docs.files], "part": "fit", "eval_fraction": eval_fraction}
+
+
+def eval_documents(text: list[Path], eval_fraction: float) -> list:
+    """The eval part of the documents in ``text`` (those a lens or map fitted on the same files never saw).
+
+    Raises:
+        PatchscopesError: No document falls in the eval part.
+    """
+    docs = read_documents(text)
+    _, eval_docs = split_documents(docs, eval_fraction)
+    if not eval_docs:
+        raise PatchscopesError(f"no document falls in the eval part ({len(docs)} documents)",
+                               hint="give more text or a larger --eval-fraction")
+    return eval_docs

@@ -16,64 +16,62 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors, write_json, wrote
-from patchscopes.cli.lens_cmd import set_threads
-from patchscopes.cli.options import DeviceOption, DtypeOption, EngineOption, ThreadsOption, check_engine
+from patchscopes.cli import options as opt
+from patchscopes.cli.app import app, console, write_json, wrote
 from patchscopes.data.relations import load_relation
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.lre import DEFAULT_EXAMPLES, choose_examples, faithfulness, fit_lre
-from patchscopes.models import DEFAULT_MODEL, load_model
+from patchscopes.models import DEFAULT_MODEL
 
 
-@app.command("fit-lre")
-@handle_errors
+@app.command("fit-lre", short_help="Fit the LRE of a relation (Hernandez et al.) and report faithfulness.")
+@opt.runtime_options()
 def fit_lre_command(
     relation: Annotated[
-        Path, typer.Option("--relation", "-r", help="A relation file (.json in the relations schema, or the "
-                           "paper's .tsv).")
+        Path, typer.Option("--relation", "-r", metavar="FILE", help="A relation file (.json in the relations "
+                           "schema, or the paper's .tsv).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The LRE file to write (.safetensors).")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="An embedded alias, a .gguf file, a model folder or a hub id.")
-    ] = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The LRE file to write (.safetensors).")],
+    model: opt.ModelOption = DEFAULT_MODEL,
     layer: Annotated[
-        int | None, typer.Option("--layer", "-l", help="Layer l of the subject state (negative: from the end).",
-                                 show_default="a third of the way up")
+        int | None, typer.Option("--layer", "-l", metavar="L", show_default=False,
+                                 help="Layer l of the subject state (negative: from the end).  [default: L // 3]")
     ] = None,
     examples: Annotated[
-        int, typer.Option("--examples", "-n", min=2, help="In-context examples to fit on (the paper: 8).")
+        int, typer.Option("--examples", "-n", metavar="N", callback=opt.at_least(2),
+                          help="In-context examples to fit on (the paper: 8).")
     ] = DEFAULT_EXAMPLES,
     beta: Annotated[
-        float | None, typer.Option("--beta", help="β, the scale of W.", show_default="chosen on the examples")
+        float | None, typer.Option("--beta", metavar="B", show_default=False,
+                                   help="β, the scale of W.  [default: chosen on the examples]")
     ] = None,
     test_samples: Annotated[
-        int, typer.Option("--test-samples", min=0, help="Other subjects to measure faithfulness on (0: none).")
+        int, typer.Option("--test-samples", metavar="N", callback=opt.at_least(0),
+                          help="Other subjects to measure faithfulness on (0: none).")
     ] = 50,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the example draw.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the faithfulness records here.")] = None,
-    engine: EngineOption = "batched",
-    device: DeviceOption = "cpu",
-    dtype: DtypeOption = None,
-    threads: ThreadsOption = None,
+    seed: opt.seed_option("the example draw") = 0,
+    json_path: opt.json_option("the faithfulness records") = None,
+    *,
+    runtime: opt.Runtime,
 ) -> None:
     """Fit the LRE of a relation (Hernandez et al. 2024) at one layer, save it, and report its faithfulness.
 
     Examples:
 
-        patchscopes fit-lre -m smollm2-135m --relation data/relations/factual/country_capital_city.json
-        --layer 10 --out lres/capital.safetensors
+    \b
+      patchscopes fit-lre \\
+          --relation data/relations/factual/country_capital_city.json \\
+          --layer 10 --out lres/capital.safetensors
     """
-    check_engine(engine)
     if out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
     if beta is not None and not beta > 0:
         raise PatchscopesError(f"--beta must be positive, got {beta}")
-    set_threads(threads)
     rel = load_relation(relation)
     choose_examples(rel, examples, seed=seed)  # too few subjects: refuse before loading the model
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = runtime.load(model)
     chosen_layer = lm.num_layers // 3 if layer is None else lm.check_layer(layer)
     start = time.perf_counter()
     lre = fit_lre(lm, rel, chosen_layer, examples=examples, beta=beta, seed=seed, progress=True)[chosen_layer]
@@ -87,7 +85,7 @@ def fit_lre_command(
     others = [s for s in rel.samples if s.subject not in fitted][:test_samples]
     if not others:
         return
-    frame = faithfulness(lm, lre, others, engine=engine, progress=True)
+    frame = faithfulness(lm, lre, others, engine=runtime.engine, progress=True)
     table = Table(title=Text(f"faithfulness on {len(frame)} other subjects"), title_justify="left")
     for name in ("faithful %", "model correct %", "LRE correct %", "faithful where the model is correct %"):
         table.add_column(name, justify="right")

@@ -5,12 +5,11 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from patchscopes.cli.app import app, console, handle_errors
+from patchscopes.cli.app import app, console
 from patchscopes.models import DEFAULT_MODEL, cache_dir, embedded_status
 
 
-@app.command("models")
-@handle_errors
+@app.command("models", short_help="List the embedded models and where they are cached.")
 def models_command() -> None:
     """List the embedded models: installed or not, where their converted weights are cached, how to install.
 

@@ -1,33 +1,138 @@
-"""Command-line options shared by several commands, declared once, with their checks."""
+"""Command-line options shared by several commands, declared once, with their checks.
+
+Options whose help differs a little between commands are made by small functions (``seed_option("the
+windows")``); the options that say how and where models run (``--engine``, ``--device``, ``--dtype``,
+``--threads``) are added to a command by :func:`runtime_options`, which hands them to it as one
+:class:`Runtime`. Help strings are short, and metavars name what a value is (``N``, ``SPEC``, ``FILE``), so
+that ``--help`` reads well at 80 columns.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import torch
 import typer
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.models import LanguageModel, load_model
 
 ENGINES = ("batched", "reference")
 PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
-EngineOption = Annotated[str, typer.Option("--engine", help="batched or reference.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")]
+MODEL_HELP = "An alias (see `patchscopes models`), a .gguf file, a model folder or a hub id."
+TEXT_HELP = ("Plain text, one document per paragraph (WikiText headings are skipped). Repeat the option for "
+             "several files.")
+SPEC_HELP = "'all', '0,3,5', '2:10' (2 to 9), '0:30:5'; negatives count from the end"
+
+F = TypeVar("F", bound=Callable)
+
+
+def at_least(minimum: float, maximum: float | None = None) -> Callable[[Any], Any]:
+    """An option callback that refuses values below ``minimum`` (or above ``maximum``), as ``min=``/``max=`` do,
+    without printing the range in ``--help``; ``None`` (an option not given) passes."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if value < minimum:
+            raise typer.BadParameter(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise typer.BadParameter(f"must be at most {maximum}, got {value}")
+        return value
+
+    return check
+
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", metavar="NAME", help=MODEL_HELP)]
+TextOption = Annotated[list[Path], typer.Option("--text", metavar="FILE", help=TEXT_HELP)]
+EngineOption = Annotated[
+    str, typer.Option("--engine", metavar="NAME", help="batched (fast) or reference (one plain forward per patch).")
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", metavar="NAME", help="cpu, cuda, cuda:1, mps, or auto (spread over GPUs).")
+]
 DtypeOption = Annotated[
-    str | None, typer.Option("--dtype", help="float32, bfloat16 or float16.", show_default="float32 on CPU")
+    str | None, typer.Option("--dtype", metavar="NAME", show_default=False,
+                             help="float32, bfloat16 or float16.  [default: float32 on CPU]")
 ]
-ThreadsOption = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")]
-PlotOption = Annotated[
-    Path | None, typer.Option("--plot", help="Write the figure here: .html (self-contained) or .png (kaleido).")
+RidgeOption = Annotated[
+    float, typer.Option("--ridge", metavar="X", callback=at_least(0.0), help="Ridge term λ of the least-squares fit.")
 ]
+MoreRelationsArgument = Annotated[list[Path] | None, typer.Argument(hidden=True, metavar="PATH")]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", metavar="N", help="CPU threads for torch.")]
+
+
+def seed_option(of: str) -> Any:
+    """``--seed N`` (default 0 where the command says so); ``of``: what the seed draws."""
+    return Annotated[int, typer.Option("--seed", metavar="N", help=f"Seed of {of}.")]
+
+
+def json_option(what: str = "the records") -> Any:
+    """``--json FILE``: where to write ``what`` as JSON."""
+    return Annotated[Path | None, typer.Option("--json", metavar="FILE", help=f"Write {what} here (.json).")]
+
+
+def plot_option(what: str = "the figure") -> Any:
+    """``--plot FILE``: where to write ``what``, as HTML or an image."""
+    return Annotated[
+        Path | None, typer.Option("--plot", metavar="FILE", help=f"Write {what} here: .html (self-contained) or "
+                                  ".png (kaleido).")
+    ]
+
+
+PlotOption = plot_option()
+
+
+def max_new_tokens_option(help: str = "Tokens to generate.") -> Any:
+    """``--max-new-tokens N`` (at least 1)."""
+    return Annotated[int, typer.Option("--max-new-tokens", metavar="N", callback=at_least(1), help=help)]
+
+
+def max_tokens_option(help: str = "Window length in tokens.") -> Any:
+    """``--max-tokens N`` (at least 2): the length of the text windows."""
+    return Annotated[int, typer.Option("--max-tokens", metavar="N", callback=at_least(2), help=help)]
+
+
+def eval_fraction_option(help: str = "Share of documents in the eval part.") -> Any:
+    """``--eval-fraction X`` (0 to 1): the share of documents held out for evaluation."""
+    return Annotated[float, typer.Option("--eval-fraction", metavar="X", callback=at_least(0.0, 1.0), help=help)]
+
+
+def layers_option(help: str, *names: str, optional: bool = False) -> Any:
+    """A layer SPEC option (``--layers``/``-l`` unless ``names`` are given); ``optional``: ``None`` allowed."""
+    kind = str | None if optional else str
+    return Annotated[kind, typer.Option(*(names or ("--layers", "-l")), metavar="SPEC", help=help)]
+
+
+def methods_option(help: str) -> Any:
+    """``--methods LIST``: method names, comma-separated or repeated (see :func:`parse_methods`)."""
+    return Annotated[list[str] | None, typer.Option("--methods", metavar="LIST", show_default=False, help=help)]
+
+
+def parse_methods(values: list[str] | None) -> list[str] | None:
+    """Method names from repeated and/or comma-separated options (``None``: all)."""
+    if not values:
+        return None
+    return [m.strip() for v in values for m in v.split(",") if m.strip()]
 
 
 def check_engine(engine: str) -> None:
     """Refuse an unknown ``--engine``."""
     if engine not in ENGINES:
         raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+
+
+def check_choice(value: str, choices: Sequence[str], option: str) -> None:
+    """Refuse a value of ``option`` that is not one of ``choices``."""
+    if value not in choices:
+        raise PatchscopesError(f"unknown {option} {value!r}", hint=f"use one of {', '.join(choices)}")
 
 
 def check_output_paths(json_path: Path | None, plot: Path | None) -> None:
@@ -42,3 +147,89 @@ def check_output_paths(json_path: Path | None, plot: Path | None) -> None:
         raise PatchscopesError(f"--plot {plot}: saving {plot.suffix} images needs the kaleido package, which is not "
                                "installed", hint="save as .html instead (self-contained, works offline), or pip "
                                "install kaleido")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads (fewer can be faster when other programs load the machine)."""
+    if threads is not None:
+        if threads < 1:
+            raise PatchscopesError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def check_device(device: str) -> None:
+    """Fail early, with a clear message, on a device that does not exist here."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PatchscopesError(f"unknown device {device!r}", hint="use cpu, cuda, cuda:1, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PatchscopesError(f"device {device!r} asked for, but CUDA is not available here",
+                                   hint="use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PatchscopesError(f"there is no {device!r}: this machine has {torch.cuda.device_count()} GPU(s)",
+                                   hint="use --device cuda:0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PatchscopesError("device 'mps' asked for, but MPS is not available here", hint="use --device cpu")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How and where a command runs its models: the values of ``--engine``, ``--device``, ``--dtype`` and
+    ``--threads``."""
+
+    engine: str = "batched"
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None
+
+    def check(self) -> None:
+        """Refuse an unknown engine, a device this machine lacks, or fewer than one thread, before anything
+        loads."""
+        check_engine(self.engine)
+        check_device(self.device)
+        if self.threads is not None and self.threads < 1:
+            raise PatchscopesError(f"--threads must be at least 1, got {self.threads}")
+
+    def load(self, model: str) -> LanguageModel:
+        """Load ``model`` on this device and dtype, after setting the thread count."""
+        set_threads(self.threads)
+        return load_model(model, device=self.device, dtype=self.dtype)
+
+
+_RUNTIME_PARAMS = {
+    "engine": (EngineOption, "batched"),
+    "device": (DeviceOption, "cpu"),
+    "dtype": (DtypeOption, None),
+    "threads": (ThreadsOption, None),
+}
+
+
+def runtime_options(*, engine: bool = True, threads: bool = True) -> Callable[[F], F]:
+    """Add ``--engine`` (unless ``engine=False``), ``--device``, ``--dtype`` and ``--threads`` (unless
+    ``threads=False``) to a command, after its own options.
+
+    The command takes a keyword parameter ``runtime`` (a :class:`Runtime`) instead of the four options; the
+    engine is checked before the command runs.
+    """
+    names = [n for n in _RUNTIME_PARAMS if (engine or n != "engine") and (threads or n != "threads")]
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "runtime"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_RUNTIME_PARAMS[n][1],
+                                   annotation=_RUNTIME_PARAMS[n][0]) for n in names]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            runtime = Runtime(**{n: kwargs.pop(n) for n in names if n in kwargs})
+            runtime.check()
+            return fn(*args, runtime=runtime, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

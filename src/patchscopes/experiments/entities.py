@@ -35,7 +35,7 @@ from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.scoring import SentenceEmbedder, score_descriptions
 from patchscopes.models import LanguageModel
-from patchscopes.plots import rgba
+from patchscopes.plots import add_band_line
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
@@ -289,7 +289,6 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
     Returns:
         A plotly figure (save it with :func:`patchscopes.plots.save_figure`).
     """
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
 
@@ -303,16 +302,8 @@ def description_figure(summary: pd.DataFrame, *, title: str | None = None):
         n_entities = int(part["n"].max()) if len(part) else 0
         label = f"{group} ({n_entities} entities)"
         for col, score in enumerate(SCORES, start=1):
-            sem = part[f"{score}_sem"].fillna(0.0)
-            upper, lower = part[score] + sem, part[score] - sem
-            fig.add_trace(go.Scatter(
-                x=list(part["layer"]) + list(part["layer"])[::-1], y=list(upper) + list(lower)[::-1], fill="toself",
-                fillcolor=rgba(color, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
-                legendgroup=group), row=1, col=col)
-            fig.add_trace(go.Scatter(
-                x=part["layer"], y=part[score], mode="lines+markers", name=label, legendgroup=group,
-                showlegend=col == 1, line=dict(color=color, width=2), marker=dict(size=5),
-                hovertemplate=f"{group}<br>layer %{{x}}<br>{score} %{{y:.3f}}<extra></extra>"), row=1, col=col)
+            add_band_line(fig, part["layer"], part[score], part[f"{score}_sem"], color=color, name=label, group=group,
+                          metric=score, row=1, col=col, show_legend=col == 1, alpha=0.18)
     attrs = summary.attrs
     if title is None:
         title = f"Entity description from layer l (l* = l) · {attrs.get('model', '')}"

@@ -39,7 +39,7 @@ from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import Lens
 from patchscopes.models import LanguageModel
-from patchscopes.plots import rgba
+from patchscopes.plots import add_band_line
 from patchscopes.presets import LOGIT_LENS, TOKEN_IDENTITY_PROMPT
 from patchscopes.runner import Engine, run
 from patchscopes.scope import NextToken, Patchscope, Source, Target
@@ -332,7 +332,6 @@ def next_token_figure(summary: pd.DataFrame, *, title: str | None = None):
     Returns:
         A plotly figure (save it with :func:`patchscopes.plots.save_figure`).
     """
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Precision@1 (↑)", "Surprisal, nats (↓)"),
@@ -342,17 +341,8 @@ def next_token_figure(summary: pd.DataFrame, *, title: str | None = None):
         color = _COLORS.get(method)
         label = _LABELS.get(method, method)
         for col, metric in ((1, "precision_at_1"), (2, "surprisal")):
-            std = group[f"{metric}_std"]
-            if std.notna().any():
-                upper, lower = group[metric] + std, group[metric] - std
-                fig.add_trace(go.Scatter(
-                    x=list(group["layer"]) + list(group["layer"])[::-1], y=list(upper) + list(lower)[::-1],
-                    fill="toself", fillcolor=rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
-                    showlegend=False, legendgroup=method), row=1, col=col)
-            fig.add_trace(go.Scatter(
-                x=group["layer"], y=group[metric], mode="lines+markers", name=label, legendgroup=method,
-                showlegend=col == 1, line=dict(color=color, width=2), marker=dict(size=5),
-                hovertemplate=f"{label}<br>layer %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"), row=1, col=col)
+            add_band_line(fig, group["layer"], group[metric], group[f"{metric}_std"], color=color, name=label,
+                          group=method, metric=metric, row=1, col=col, show_legend=col == 1)
     attrs = summary.attrs
     if title is None:
         title = f"Next-token prediction from each layer · {attrs.get('model', '')}"
