@@ -21,6 +21,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
+from patchscopes.experiments.future_lens import evaluate_future, future_figure
 from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples, summarize_multihop
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
@@ -28,12 +29,16 @@ from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.experiments.scoring import SentenceEmbedder, rouge_scores, score_descriptions
 from patchscopes.lenses import (
     CrossModelMap,
+    FutureLens,
     Lens,
+    LinearRelation,
     TunedLensSettings,
     aligned_positions,
     fit_affine,
     fit_affine_lens,
     fit_cross_model_map,
+    fit_future_lens,
+    fit_lre,
     train_tuned_lens,
 )
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
@@ -61,6 +66,7 @@ from patchscopes.presets import (
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
+from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
 
@@ -83,10 +89,12 @@ __all__ = [
     "Entity",
     "EntitySet",
     "FunctionMapping",
+    "FutureLens",
     "Generate",
     "Identity",
     "LanguageModel",
     "Lens",
+    "LinearRelation",
     "Mapping",
     "NextToken",
     "PatchResult",
@@ -96,6 +104,7 @@ __all__ = [
     "Readings",
     "Relation",
     "SentenceEmbedder",
+    "SoftPrompt",
     "Source",
     "Target",
     "TunedLensSettings",
@@ -108,11 +117,15 @@ __all__ = [
     "describe_entities",
     "embedded_status",
     "evaluate_attributes",
+    "evaluate_future",
     "evaluate_multihop",
     "evaluate_next_token",
     "fit_affine",
     "fit_affine_lens",
     "fit_cross_model_map",
+    "fit_future_lens",
+    "fit_lre",
+    "future_figure",
     "get_preset",
     "greedy_generate",
     "known_model_types",

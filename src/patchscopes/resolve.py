@@ -11,6 +11,7 @@ from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
 from patchscopes.scope import Patchscope, resolve_position
+from patchscopes.soft_prompt import SoftPrompt
 
 
 def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> list[Job]:
@@ -68,15 +69,22 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             )
         tgt_model = tgt.model or src.model or model
         src_ids = encode(src_model, src.prompt, "source prompt")
-        tgt_ids = encode(tgt_model, tgt.prompt, "target prompt")
+        embeds = None
+        tgt_prompt = tgt.prompt
+        if isinstance(tgt_prompt, SoftPrompt):
+            tgt_prompt.check_model(tgt_model)
+            before, after = tgt_prompt.token_layout(tgt_model)
+            embeds = (len(before), tgt_prompt.vectors.detach())
+            tgt_prompt = tuple(before + [tgt_model.pad_token_id] * len(tgt_prompt) + after)
+        tgt_ids = encode(tgt_model, tgt_prompt, "target prompt")
         src_layer = src_model.check_layer(src.layer, "source layer")
         tgt_layer = tgt_model.check_layer(tgt.layer, "target layer")
         src_pos = resolve_position(src_model, src.prompt, src_ids, src.position, "source position")
-        tgt_pos = resolve_position(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
+        tgt_pos = resolve_position(tgt_model, tgt_prompt, tgt_ids, tgt.position, "target position")
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
-            readout_pos = resolve_position(tgt_model, tgt.prompt, tgt_ids, readout.position, "readout position")
+            readout_pos = resolve_position(tgt_model, tgt_prompt, tgt_ids, readout.position, "readout position")
             if readout_pos < tgt_pos:
                 raise PatchscopesError(
                     f"the readout position {readout_pos} comes before the target position {tgt_pos}, "
@@ -99,7 +107,9 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         jobs.append(
             Job(index, src_model, tuple(src_ids), src_layer, src_pos, tgt_model, tuple(tgt_ids),
                 tgt_layer, tgt_pos, mapping, readout, readout_pos,
-                source_text=text(src_model, src.prompt), target_text=text(tgt_model, tgt.prompt))
+                source_text=text(src_model, src.prompt),
+                target_text=repr(tgt.prompt) if embeds is not None else text(tgt_model, tgt.prompt),
+                target_embeds=embeds)
         )
     return jobs
 

@@ -67,8 +67,9 @@ def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> Non
     """Run each distinct target once without a patch and attach its readings to the results."""
     cache: dict[tuple, Readings] = {}
     for job, result in zip(jobs, results):
-        key = (id(job.target_model), job.target_ids, job.readout_position, job.readout)
+        soft = None if job.target_embeds is None else id(job.target_embeds[1])
+        key = (id(job.target_model), job.target_ids, soft, job.readout_position, job.readout)
         if key not in cache:
             cache[key] = target_run(job.target_model, job.target_ids, job.readout,
-                                    readout_position=job.readout_position, patch=None)
+                                    readout_position=job.readout_position, patch=None, embeds=job.target_embeds)
         result.baseline = cache[key]

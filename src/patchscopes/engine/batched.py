@@ -32,6 +32,8 @@ from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.reference import target_run
+from patchscopes.engine.soft import run_soft_group
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 from patchscopes.models import LanguageModel
 
@@ -41,13 +43,36 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
     hidden = capture_sources(jobs, budget)
     values = apply_mappings(jobs, hidden)
     readings: dict[int, Readings] = {}
-    for (model, ids, i_star, readout_key), group in _target_groups(jobs).items():
+    readings.update(_run_soft_targets([job for job in jobs if job.target_embeds is not None], values, progress))
+    plain = [job for job in jobs if job.target_embeds is None]
+    for (model, ids, i_star, readout_key), group in _target_groups(plain).items():
         if readout_key[0] == "next":
             out = _run_next_token_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         else:
             out = _run_generate_group(model, ids, i_star, readout_key[1], group, values, budget, progress)
         readings.update(out)
     return [readings[job.index] for job in jobs]
+
+
+def _run_soft_targets(jobs: Sequence[Job], values: dict[int, torch.Tensor], progress) -> dict[int, Readings]:
+    """Jobs whose target has a soft prompt: next-token groups (same target, vectors, layer, positions) in
+    :func:`~patchscopes.engine.soft.run_soft_group`; generation job by job, as the reference engine does."""
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    out: dict[int, Readings] = {}
+    for job in jobs:
+        if isinstance(job.readout, Generate):
+            with torch.no_grad():
+                out[job.index] = target_run(job.target_model, job.target_ids, job.readout, readout_position=None,
+                                            patch=(job.target_layer, job.target_position, values[job.index]),
+                                            embeds=job.target_embeds)
+            _tick(progress, 1)
+            continue
+        key = (job.target_model, job.target_ids, id(job.target_embeds[1]), job.target_embeds[0],  # type: ignore[index]
+               job.target_layer, job.target_position, job.readout_position, job.readout)
+        groups[key].append(job)
+    for (model, ids, *_), group in groups.items():
+        out.update(run_soft_group(model, ids, group[0].target_embeds, group, values, progress=progress))
+    return out
 
 
 # -- sources -----------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class Job:
     readout_position: int | None  # NextToken only
     source_text: str | None = None  # the source prompt as text, when it was given as token ids
     target_text: str | None = None  # the same for the target prompt
+    # Input vectors that replace the token embeddings of the target at positions offset .. offset + k - 1 (a
+    # soft prompt): (offset, (k, d) tensor), or None.
+    target_embeds: tuple[int, torch.Tensor] | None = None
 
 
 def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: bool) -> list[Readings]:

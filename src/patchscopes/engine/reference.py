@@ -15,6 +15,7 @@ import torch
 from patchscopes.engine.hooks import capture_hook, hooks_on, patch_hook
 from patchscopes.engine.jobs import Job, finish_generation, top_readings
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.soft import embeds_on
 from patchscopes.models import LanguageModel
 
 
@@ -36,8 +37,10 @@ def target_run(
     *,
     readout_position: int | None,
     patch: tuple[int, int, torch.Tensor] | None,
+    embeds: tuple[int, torch.Tensor] | None = None,
 ) -> Readings:
-    """Run the target prompt once, patched at ``(layer, position, value)`` or not at all."""
+    """Run the target prompt once, patched at ``(layer, position, value)`` or not at all; ``embeds`` (a soft
+    prompt: ``(offset, (k, d) vectors)``) replaces the token embeddings at those positions."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
     hooks = {}
@@ -45,7 +48,7 @@ def target_run(
         layer, position, value = patch
         hooks[layer] = patch_hook(torch.tensor([0]), torch.tensor([position]), value[None],
                                   once=isinstance(readout, Generate))
-    with hooks_on(model.arch.blocks, hooks):
+    with hooks_on(model.arch.blocks, hooks), embeds_on(model, embeds):
         if isinstance(readout, NextToken):
             logits, _ = model.forward(input_ids, attention_mask=mask)
             return top_readings(model, logits[:, readout_position], readout.top_k, readout.full_logits)[0]
@@ -88,7 +91,7 @@ def run_reference(jobs: Iterable[Job], progress=None) -> list[Readings]:
             value = job.mapping(h[None])[0]
         readings = target_run(
             job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
-            patch=(job.target_layer, job.target_position, value),
+            patch=(job.target_layer, job.target_position, value), embeds=job.target_embeds,
         )
         results.append(readings)
         if progress is not None:
