@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patchscopes.engine import BatchBudget, Job, Readings, run_batched, run_reference, target_run
+from patchscopes.engine.soft import soft_key
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
@@ -67,7 +68,7 @@ def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> Non
     """Run each distinct target once without a patch and attach its readings to the results."""
     cache: dict[tuple, Readings] = {}
     for job, result in zip(jobs, results):
-        soft = None if job.target_embeds is None else id(job.target_embeds[1])
+        soft = None if job.target_embeds is None else soft_key(job.target_embeds)
         key = (id(job.target_model), job.target_ids, soft, job.readout_position, job.readout)
         if key not in cache:
             cache[key] = target_run(job.target_model, job.target_ids, job.readout,

@@ -197,3 +197,18 @@ def test_eval_future_bad_input_exits_2(tiny_dir, text_file, tmp_path, args, frag
                                  *args], env=ENV)
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("engine", ["batched", "reference"])
+def test_learned_method_through_the_engine_equals_the_training_forward(tiny_llama, engine):
+    lens = fit_future_lens(tiny_llama, DOCS[:10], layers=[1], offsets=[0, 1, 2], samples=8,
+                           prompt=PromptSettings(prompt_length=3, steps=3, batch_size=4))
+    results = evaluate_future(tiny_llama, DOCS[10:], lens=lens, samples=6, methods=["learned"], top_k=1,
+                              engine=engine)
+    data = sample_future_positions(tiny_llama, DOCS[10:], samples=6, max_offset=2, seed=1)
+    sources, _ = future_states(tiny_llama, data, [1], 2)
+    conts = torch.tensor([list(c) for c in data.continuations])
+    with torch.no_grad():
+        top = soft_prompt_logits(tiny_llama, lens.prompts[1], conts[:, :2], 1, sources[:, 0]).argmax(-1)
+    hits = results.hits.sort_values(["offset", "sample"])
+    assert hits["top1"].tolist() == (top == conts).T.reshape(-1).tolist()

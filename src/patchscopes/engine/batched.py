@@ -33,7 +33,7 @@ from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
 from patchscopes.engine.reference import target_run
-from patchscopes.engine.soft import run_soft_group
+from patchscopes.engine.soft import run_soft_group, soft_key
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 from patchscopes.models import LanguageModel
 
@@ -67,11 +67,11 @@ def _run_soft_targets(jobs: Sequence[Job], values: dict[int, torch.Tensor], prog
                                             embeds=job.target_embeds)
             _tick(progress, 1)
             continue
-        key = (job.target_model, job.target_ids, id(job.target_embeds[1]), job.target_embeds[0],  # type: ignore[index]
+        key = (job.target_model, len(job.target_ids), soft_key(job.target_embeds),  # type: ignore[arg-type]
                job.target_layer, job.target_position, job.readout_position, job.readout)
         groups[key].append(job)
-    for (model, ids, *_), group in groups.items():
-        out.update(run_soft_group(model, ids, group[0].target_embeds, group, values, progress=progress))
+    for (model, *_), group in groups.items():
+        out.update(run_soft_group(model, group[0].target_embeds, group, values, progress=progress))
     return out
 
 

@@ -45,19 +45,27 @@ def embeds_on(model: LanguageModel, embeds: tuple[int, torch.Tensor] | None, *, 
         handle.remove()
 
 
+def soft_key(embeds: tuple[int, torch.Tensor]) -> tuple:
+    """What tells soft prompts apart: the offset and the vectors' storage and shape (views of one tensor,
+    as ``SoftPrompt.with_after`` makes, share it)."""
+    offset, vectors = embeds
+    return offset, vectors.data_ptr(), tuple(vectors.shape)
+
+
 def run_soft_group(
-    model: LanguageModel, ids: Sequence[int], embeds: tuple[int, torch.Tensor], group: Sequence[Job],
+    model: LanguageModel, embeds: tuple[int, torch.Tensor], group: Sequence[Job],
     values: dict[int, torch.Tensor], *, rows_per_batch: int = 64, progress=None,
 ) -> dict[int, Readings]:
-    """Next-token readings of jobs that share one soft-prompt target (same ids, vectors, layer, position and
-    readout position): one unpadded forward per batch of rows, each row patched with its own value."""
+    """Next-token readings of jobs that share one soft prompt, target length, layer, position and readout
+    position (their tokens around the vectors may differ): one unpadded forward per batch of rows, each row
+    with its own tokens and patched with its own value."""
     first = group[0]
     assert isinstance(first.readout, NextToken)
     out: dict[int, Readings] = {}
     for start in range(0, len(group), rows_per_batch):
         part = group[start: start + rows_per_batch]
         n = len(part)
-        input_ids = torch.tensor([list(ids)] * n)
+        input_ids = torch.tensor([list(job.target_ids) for job in part])
         rows = torch.arange(n)
         cols = torch.full((n,), first.target_position)
         patch = patch_hook(rows, cols, torch.stack([values[job.index] for job in part]))

@@ -6,7 +6,8 @@ method's k most likely tokens.
 - ``linear``: the lens's affine map (h_l(i) → the last layer's state at i + N), decoded by the head;
 - ``fixed``: a patchscope through :func:`patchscopes.run`: h_l(i) written at l* = l over the last token of the
   fixed prompt (:data:`~patchscopes.lenses.future.FIXED_PROMPT`), followed by g_0 ... g_{N-1} as token ids;
-- ``learned``: the lens's soft prompt of layer l in place of the fixed prompt.
+- ``learned``: the lens's soft prompt of layer l (a :class:`~patchscopes.soft_prompt.SoftPrompt` target) in
+  place of the fixed prompt, through :func:`patchscopes.run` too.
 
 Evaluation positions come from the documents' evaluation part (the split ``fit-lens`` uses); documents the
 lens was fitted on are left out.
@@ -20,11 +21,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from patchscopes.data.text import Document
 from patchscopes.engine import BatchBudget
-from patchscopes.engine.gradients import soft_prompt_logits
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.future import (
     DEFAULT_OFFSETS,
@@ -177,20 +176,17 @@ def evaluate_future(
                 add("fixed", layer, offset, ids)
                 k += n
     if "learned" in methods:
-        if "linear" not in methods:
-            sources, _ = future_states(model, data, layers, offsets[-1], batch_size=batch_size, progress=progress)
-        conts = labels[:, : offsets[-1]]
-        for k, layer in enumerate(tqdm(layers, desc="learned prompts", disable=not progress)):
-            prompt = lens.prompts[layer]  # type: ignore[union-attr]
-            parts = []
-            with torch.no_grad():
-                for first in range(0, n, batch_size):
-                    logits = soft_prompt_logits(model, prompt, conts[first: first + batch_size], layer,
-                                                sources[first: first + batch_size, k])
-                    parts.append(logits.topk(top_k, -1).indices.cpu())
-            ranked = torch.cat(parts)  # (n, M, k)
-            for offset in offsets:
-                add("learned", layer, offset, ranked[:, offset])
+        for layer in layers:
+            soft = lens.soft_prompt(layer)  # type: ignore[union-attr]
+            position = soft.last_vector_position(model)
+            scopes = [Patchscope(Source(data.prefixes[s], layer, -1),
+                                 Target(soft.with_after(data.continuations[s][:offset]), layer, position),
+                                 NextToken(top_k=top_k))
+                      for offset in offsets for s in range(n)]
+            results = run(scopes, model, engine=engine, budget=budget, progress=progress)
+            for j, offset in enumerate(offsets):
+                add("learned", layer, offset,
+                    torch.tensor([r.readings.top_token_ids[:top_k] for r in results[j * n: (j + 1) * n]]))
     hits = pd.DataFrame(rows, columns=["method", "layer", "offset", "sample", "top1", "topk"])
     attrs = dict(model=model.name, layers=layers, offsets=offsets, methods=methods, samples=n, top_k=top_k,
                  fixed_prompt=fixed_prompt, engine=engine, seed=seed, documents=len({*data.digests}),

@@ -40,6 +40,7 @@ from patchscopes.lenses.affine import AffineAccumulator
 from patchscopes.lenses.base import check_model_identity, compare_identity, digest_key, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.soft_prompt import SoftPrompt
 
 FIXED_PROMPT = 'Hello! Could you please tell me more about "'
 """The original's first generic context (its ``_COMPARE_CONTEXT``)."""
@@ -188,6 +189,18 @@ class FutureLens:
     def check_model(self, model: LanguageModel) -> None:
         """Raise a :class:`PatchscopesError` unless the lens was fitted on ``model``."""
         check_model_identity(self.config.get("model", {}), model, "the future lens")
+
+    def soft_prompt(self, layer: int) -> SoftPrompt:
+        """The learned prompt of ``layer`` as a target prompt (patch h at its last vector, l* = layer).
+
+        Raises:
+            PatchscopesError: The lens has no prompt for that layer.
+        """
+        if layer not in self.prompts:
+            raise PatchscopesError(f"the future lens has no learned prompt for layer {layer}",
+                                   hint=f"it has prompts for layers {sorted(self.prompts)}")
+        return SoftPrompt(self.prompts[layer], name=f"future-lens prompt[{layer}]",
+                          metadata={"model": self.config.get("model", {})})
 
     def overlaps(self, digests: Sequence[str]) -> list[bool]:
         """For each document digest, whether the lens was fitted on that document."""
