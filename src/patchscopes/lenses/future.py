@@ -199,7 +199,8 @@ class FutureLens:
         if layer not in self.prompts:
             raise PatchscopesError(f"the future lens has no learned prompt for layer {layer}",
                                    hint=f"it has prompts for layers {sorted(self.prompts)}")
-        return SoftPrompt(self.prompts[layer], name=f"future-lens prompt[{layer}]",
+        # As in training, the vectors come first, with no special token before them.
+        return SoftPrompt(self.prompts[layer], before=(), name=f"future-lens prompt[{layer}]",
                           metadata={"model": self.config.get("model", {})})
 
     def overlaps(self, digests: Sequence[str]) -> list[bool]:
