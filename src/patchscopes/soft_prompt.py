@@ -22,6 +22,7 @@ import torch
 from patchscopes.errors import PatchscopesError
 from patchscopes.identity import check_model_identity, model_identity
 from patchscopes.models import LanguageModel
+from patchscopes.storage import read_safetensors
 
 FORMAT = "patchscopes-soft-prompt"
 
@@ -106,18 +107,9 @@ class SoftPrompt:
         Raises:
             PatchscopesError: The file is missing or not a soft prompt, or it was made for another model.
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise PatchscopesError(f"no such soft-prompt file: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = fh.metadata() or {}
-                vectors = fh.get_tensor("vectors")
-        except Exception as err:
-            raise PatchscopesError(f"could not read the soft prompt {path}: {err}") from err
-        if metadata.get("format") != FORMAT:
+        metadata, tensors = read_safetensors(path, "the soft prompt")
+        vectors = tensors.get("vectors")
+        if metadata.get("format") != FORMAT or vectors is None:
             raise PatchscopesError(f"{path} is not a soft-prompt file")
         info = json.loads(metadata["soft_prompt"])
         before, after = info["before"], info["after"]

@@ -33,6 +33,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.identity import check_model_identity, compare_identity, model_identity  # noqa: F401 (re-exported)
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.storage import read_folder
 
 LENS_KINDS = ("affine", "tuned")
 CONFIG_FILE = "lens.json"
@@ -128,23 +129,10 @@ class Lens:
         Raises:
             PatchscopesError: The folder is not a lens, or the lens belongs to another model.
         """
-        from safetensors import safe_open
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise PatchscopesError(
-                f"{directory} is not a lens folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})",
-                hint="make one with `patchscopes fit-lens --model M --text FILE --out DIR`",
-            )
-        try:
-            config = json.loads(config_path.read_text())
-            with safe_open(str(weights_path), framework="pt") as fh:
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise PatchscopesError(f"could not read the lens in {directory}: {err}") from err
+        config, tensors = read_folder(directory, CONFIG_FILE, WEIGHTS_FILE, "a lens",
+                                      hint="make one with `patchscopes fit-lens --model M --text FILE --out DIR`")
         if config.get("format") != FORMAT:
-            raise PatchscopesError(f"{config_path} is not a patchscopes lens config")
+            raise PatchscopesError(f"{Path(directory) / CONFIG_FILE} is not a patchscopes lens config")
         kind = config.pop("kind", None)
         for key in ("format", "version", "layers"):
             config.pop(key, None)

@@ -41,6 +41,7 @@ from patchscopes.lenses.base import check_model_identity, compare_identity, dige
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.soft_prompt import SoftPrompt
+from patchscopes.storage import read_folder, read_safetensors
 
 FIXED_PROMPT = 'Hello! Could you please tell me more about "'
 """The original's first generic context (its ``_COMPARE_CONTEXT``)."""
@@ -235,23 +236,11 @@ class FutureLens:
         Raises:
             PatchscopesError: The folder is not a future lens, or the lens belongs to another model.
         """
-        from safetensors import safe_open
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise PatchscopesError(
-                f"{directory} is not a future-lens folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})",
-                hint="make one with `patchscopes fit-future-lens --model M --text FILE --out DIR`",
-            )
-        try:
-            config = json.loads(config_path.read_text())
-            with safe_open(str(weights_path), framework="pt") as fh:
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise PatchscopesError(f"could not read the future lens in {directory}: {err}") from err
+        config, tensors = read_folder(
+            directory, CONFIG_FILE, WEIGHTS_FILE, "a future-lens",
+            hint="make one with `patchscopes fit-future-lens --model M --text FILE --out DIR`")
         if config.pop("format", None) != FORMAT:
-            raise PatchscopesError(f"{config_path} is not a future-lens config")
+            raise PatchscopesError(f"{Path(directory) / CONFIG_FILE} is not a future-lens config")
         config.pop("version", None)
         layers, offsets = config.pop("layers"), config.pop("offsets")
         linear, prompts = {}, {}
@@ -522,15 +511,12 @@ def load_prompt_checkpoint(path: Path, identity: dict) -> dict[int, dict]:
     Returns:
         ``{layer: {"prompt", "optimizer", "step", "losses"}}``.
     """
-    from safetensors import safe_open
-
+    hint = "delete it to start training afresh"
+    metadata, tensors = read_safetensors(path, "the checkpoint", hint=hint)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {})["checkpoint"])
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-    except Exception as err:
-        raise PatchscopesError(f"could not read the checkpoint {path}: {err}",
-                               hint="delete it to start training afresh") from err
+        meta = json.loads(metadata["checkpoint"])
+    except (KeyError, ValueError) as err:
+        raise PatchscopesError(f"{path} is not a future-lens checkpoint", hint=hint) from err
     saved = meta.get("identity", {})
     identity = json.loads(json.dumps(identity))
     for key, what in (("data_fingerprint", "fitting data"), ("settings", "settings"), ("layers", "layers"),

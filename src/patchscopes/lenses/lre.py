@@ -43,6 +43,7 @@ from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
 from patchscopes.scope import NextToken, Patchscope, Source, Target
+from patchscopes.storage import read_safetensors
 
 FORMAT = "patchscopes-lre"
 DEFAULT_EXAMPLES = 8
@@ -152,19 +153,10 @@ class LinearRelation:
         Raises:
             PatchscopesError: The file is missing or not an LRE, or belongs to another model.
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise PatchscopesError(f"no such LRE file: {path}",
-                                   hint="make one with `patchscopes fit-lre --model M --relation FILE --out PATH`")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = fh.metadata() or {}
-                weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
-        except Exception as err:
-            raise PatchscopesError(f"could not read the LRE {path}: {err}") from err
-        if metadata.get("format") != FORMAT:
+        metadata, tensors = read_safetensors(
+            path, "the LRE", hint="make one with `patchscopes fit-lre --model M --relation FILE --out PATH`")
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if metadata.get("format") != FORMAT or weight is None or bias is None:
             raise PatchscopesError(f"{path} is not an LRE file (format {metadata.get('format')!r})")
         meta = json.loads(metadata["lre"])
         examples = [RelationSample(s, o, tuple(a)) for s, o, a in meta.pop("examples")]
