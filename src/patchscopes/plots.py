@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import math
+import textwrap
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,11 @@ def is_generation(record: dict[str, Any] | pd.Series) -> bool:
 
 
 def cell_text(record: dict[str, Any] | pd.Series, width: int = 16) -> str:
-    """What a cell shows: the visible top token, or the generated text shortened to ``width``."""
+    """What a cell shows: the visible top token, or the generated text (its ``description`` when the sweep
+    cleaned one) shortened to ``width``."""
     if is_generation(record):
-        return shorten(show_token(record["generated_text"]), width)
+        text = record.get("description")
+        return shorten(show_token(text if isinstance(text, str) else record["generated_text"]), width)
     return shorten(show_token(record.get("top_token", _first(record.get("top_tokens")))), width)
 
 
@@ -198,7 +201,8 @@ def heatmap(
         colorscale: A plotly colour scale name.
 
     Returns:
-        A ``plotly.graph_objects.Figure``. Rows are source layers (``l→l*`` when several target layers
+        A ``plotly.graph_objects.Figure``, its legend (:func:`readout_legend`) under the title. Rows are
+        source layers (``l→l*`` when several target layers
         were swept), layer 0 at the top as in the terminal table; columns are source positions headed by
         their token. Hovering a cell lists the top-k tokens with their probabilities (and, for
         generation, the whole generated text; with ``baseline=True``, the unpatched top token).
@@ -251,12 +255,15 @@ def heatmap(
         )
     )
     fig.update_layout(
-        title={"text": html.escape(title if title is not None else _default_title(frame))},
+        title={"text": html.escape(title if title is not None else _default_title(frame)) + "<br><sup>"
+               + "<br>".join(html.escape(line) for line in textwrap.wrap(readout_legend(frame), 110))
+               + "</sup>", "y": 0.98, "yanchor": "top"},
+        margin={"t": 170},
         xaxis={"title": {"text": "source position: token"}, "type": "category", "side": "top", "tickangle": -45},
         yaxis={"title": {"text": "source layer → target layer" if g.multi_target else "source layer"},
                "type": "category", "autorange": "reversed"},
         width=max(600, 200 + (9 * cell_width + 10) * n_cols),
-        height=max(400, 220 + 26 * n_rows),
+        height=max(460, 280 + 26 * n_rows),
         template="plotly_white",
     )
     return fig
@@ -321,6 +328,29 @@ def _hover(rec: dict[str, Any], row_label: str, col_label: str) -> str:
             base += f" {float(base_probs[0]):.3f}"
         lines.append(f"unpatched: {base}")
     return "<br>".join(lines)
+
+
+def readout_legend(frame: pd.DataFrame) -> str:
+    """What a cell of a sweep's table or heatmap means, in a sentence or two.
+
+    The readout is the *next* token after the target prompt (or, for generation, the text that follows
+    it), not the token at the patched position: a decoded state shows what the model expects next.
+    """
+    scopes = set(frame["scope"].dropna()) if "scope" in frame.columns else set()
+    generation = "generated_text" in frame.columns and frame["generated_text"].map(
+        lambda v: isinstance(v, str)).any()
+    if generation:
+        text = ("cell: the generated text, what the patched run says after the target prompt: the model's "
+                "reading of the patched state")
+        if "description" in frame.columns:
+            text += " (the description, without the ':' that starts it)"
+        return text
+    if scopes == {"logit-lens"}:
+        return ("cell: the next token predicted from the state at that position (the word expected after it, "
+                "e.g. ␣Paris at ␣of), not the token at the position")
+    return ("cell: the top next token of the patched run after the target prompt, not the token at the "
+            "position: often the token the model expects after the position (␣Tower at iffel, ␣Paris at ␣of), "
+            "sometimes the source token itself; early layers often give the prompt's own pattern (␣->, \\n)")
 
 
 def _default_title(frame: pd.DataFrame) -> str:

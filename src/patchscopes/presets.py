@@ -40,6 +40,9 @@ class Preset:
         readout: What to read. A :class:`NextToken` reads at the target's last token, except when the
             target prompt is the source prompt (logit lens), where it reads at i*.
         placeholder: A string the target prompt must contain (the patch goes on its last token).
+        separator: What separates a name from its description in a few-shot prompt (``":"`` in
+            ``"Syria: Country in the Middle East, x"``): the model's continuation of ``x`` starts with it,
+            and :meth:`clean` strips it. ``None``: nothing to strip.
     """
 
     name: str
@@ -48,6 +51,22 @@ class Preset:
     target_layer: TargetLayer
     readout: Readout
     placeholder: str | None = None
+    separator: str | None = None
+
+    def clean(self, text: str) -> str:
+        """A generated continuation without the separator it starts with (``": chemist"`` → ``"chemist"``),
+        and without surrounding spaces; unchanged text when the preset has no separator.
+
+        Example:
+            >>> ENTITY_DESCRIPTION.clean(": Polish-French physicist and chemist")
+            'Polish-French physicist and chemist'
+        """
+        if not self.separator:
+            return text
+        stripped = text.lstrip()
+        if stripped.startswith(self.separator):
+            stripped = stripped[len(self.separator):]
+        return stripped.strip()
 
     def with_options(
         self,
@@ -112,7 +131,7 @@ LOGIT_LENS = Preset("logit-lens", None, None, "last", NextToken())
 TOKEN_IDENTITY = Preset("token-identity", TOKEN_IDENTITY_PROMPT, -1, "same", NextToken())
 ENTITY_DESCRIPTION = Preset(
     "description", ENTITY_DESCRIPTION_PROMPT, "x", "same", Generate(max_new_tokens=20, stop=(",", "\n")),
-    placeholder="x",
+    placeholder="x", separator=":",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION)}

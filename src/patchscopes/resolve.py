@@ -34,6 +34,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             encoded[key] = m.encode(prompt)
             if not encoded[key]:
                 raise PatchscopesError(f"the {what} {prompt!r} has no tokens")
+            m.check_length(len(encoded[key]), what)
         return encoded[key]
 
     def _token_prompt(m: LanguageModel, prompt: tuple[int, ...], what: str) -> list[int]:
@@ -47,7 +48,24 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
                     hint="give text, or a tuple of the model's token ids",
                 )
             encoded[key] = list(prompt)
+            m.check_length(len(prompt), what)
         return encoded[key]
+
+    # A sweep repeats the same few layers, prompts and positions thousands of times: each is checked once.
+    layers: dict[tuple, int] = {}
+    positions: dict[tuple, int] = {}
+
+    def layer_of(m: LanguageModel, layer: int, what: str) -> int:
+        key = (id(m), layer, what, type(layer))
+        if key not in layers:
+            layers[key] = m.check_layer(layer, what)
+        return layers[key]
+
+    def position_of(m: LanguageModel, prompt, ids: list[int], position: int | str, what: str) -> int:
+        key = (id(m), prompt if isinstance(prompt, str) else tuple(prompt), position, what, type(position))
+        if key not in positions:
+            positions[key] = resolve_position(m, prompt, ids, position, what)
+        return positions[key]
 
     def text(m: LanguageModel, prompt: str | tuple[int, ...]) -> str | None:
         if isinstance(prompt, str):
@@ -77,14 +95,14 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             embeds = (len(before), tgt_prompt.vectors.detach())
             tgt_prompt = tuple(before + [tgt_model.pad_token_id] * len(tgt_prompt) + after)
         tgt_ids = encode(tgt_model, tgt_prompt, "target prompt")
-        src_layer = src_model.check_layer(src.layer, "source layer")
-        tgt_layer = tgt_model.check_layer(tgt.layer, "target layer")
-        src_pos = resolve_position(src_model, src.prompt, src_ids, src.position, "source position")
-        tgt_pos = resolve_position(tgt_model, tgt_prompt, tgt_ids, tgt.position, "target position")
+        src_layer = layer_of(src_model, src.layer, "source layer")
+        tgt_layer = layer_of(tgt_model, tgt.layer, "target layer")
+        src_pos = position_of(src_model, src.prompt, src_ids, src.position, "source position")
+        tgt_pos = position_of(tgt_model, tgt_prompt, tgt_ids, tgt.position, "target position")
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
-            readout_pos = resolve_position(tgt_model, tgt_prompt, tgt_ids, readout.position, "readout position")
+            readout_pos = position_of(tgt_model, tgt_prompt, tgt_ids, readout.position, "readout position")
             if readout_pos < tgt_pos:
                 raise PatchscopesError(
                     f"the readout position {readout_pos} comes before the target position {tgt_pos}, "
@@ -96,6 +114,8 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         elif isinstance(readout, Generate):
             if readout.max_new_tokens < 1:
                 raise PatchscopesError(f"max_new_tokens must be at least 1, got {readout.max_new_tokens}")
+            tgt_model.check_length(len(tgt_ids) + readout.max_new_tokens,
+                                   f"target prompt with {readout.max_new_tokens} generated tokens")
         else:
             raise PatchscopesError(f"unknown readout {readout!r}", hint="use NextToken(...) or Generate(...)")
         mapping = as_mapping(tgt.mapping)

@@ -17,7 +17,7 @@ import torch
 from patchscopes.engine.readouts import Readings
 from patchscopes.errors import PatchscopesError
 
-__all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results"]
+__all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results", "to_records"]
 
 LIST_COLUMNS = (
     "top_tokens", "top_token_ids", "top_probs",
@@ -78,7 +78,7 @@ class PatchResult:
     def to_record(self) -> dict:
         """A flat, JSON-safe dict (no tensors)."""
         # (not dataclasses.asdict: it would deep-copy the readings, logits included, only to drop them)
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("readings", "baseline")}
+        record = {name: getattr(self, name) for name in _COORDINATES}
         r = self.readings
         record.update(
             top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,
@@ -92,6 +92,9 @@ class PatchResult:
             baseline_generated_text=None if b is None else b.generated_text,
         )
         return record
+
+
+_COORDINATES = tuple(f.name for f in fields(PatchResult) if f.name not in ("readings", "baseline"))
 
 
 def results_to_frame(results: list[PatchResult]) -> pd.DataFrame:
@@ -145,6 +148,14 @@ def load_results(path: str | Path) -> pd.DataFrame:
                 frame[col] = frame[col].map(lambda v: None if v is None else list(v))
         return frame
     raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
+
+
+def to_records(frame: pd.DataFrame) -> list[dict]:
+    """A results table as the JSON records :func:`save_results` writes to ``.json`` (and ``inspect --json``).
+
+    List columns become plain lists and missing values ``None``, so the records go straight to ``json.dumps``.
+    """
+    return _records(frame)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -1,19 +1,24 @@
-"""Running patchscopes: :func:`run` turns patchscopes into results with either engine."""
+"""Running patchscopes: :func:`run` turns patchscopes into results with either engine, here or on an executor,
+keeping finished shards in a run directory when given one."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-import torch
 from tqdm.auto import tqdm
 
-from patchscopes.engine import BatchBudget, Job, Readings, run_batched, run_reference, target_run
+from patchscopes.engine import BatchBudget, Job, Readings, target_run
 from patchscopes.engine.soft import soft_key
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
 from patchscopes.results import PatchResult
+from patchscopes.runs.executors import ENGINES, Executor, LocalExecutor
+from patchscopes.runs.run_dir import RunDir, open_run_dir
+from patchscopes.runs.shards import DEFAULT_SHARD_SIZE, plan_shards, readings_to_records, records_to_readings
 from patchscopes.scope import Patchscope
 
 Engine = Literal["batched", "reference"]
@@ -27,6 +32,9 @@ def run(
     baseline: bool = False,
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
+    shard_size: int | None = None,
 ) -> list[PatchResult]:
     """Run one or many patchscopes.
 
@@ -34,34 +42,74 @@ def run(
         scopes: The patches; each is an independent job.
         model: The model for sources and targets that name none.
         engine: ``"batched"`` (fast: shared work done once, rows batched) or ``"reference"`` (one plain
-            forward per patch with hooks; the ground truth).
+            forward per patch with hooks; the ground truth). Where the batched engine's fast path is not
+            exact on a model (recurrent or state-space blocks, see ``LanguageModel.fast_path``), the
+            reference engine runs instead, with a warning.
         baseline: Also run each distinct target unpatched and attach it to every result.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
+        executor: Who runs the patches: :class:`~patchscopes.runs.LocalExecutor` (this process, the default) or
+            :class:`~patchscopes.runs.RayExecutor` (a Ray cluster, one model replica per worker).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): each finished shard is
+            written there, and a run given the same directory again skips the shards it finds.
+        shard_size: Patches per shard; by default all in one, or
+            :data:`~patchscopes.runs.DEFAULT_SHARD_SIZE` with a run directory or another executor.
 
     Returns:
         One :class:`~patchscopes.results.PatchResult` per scope, in order.
 
     Raises:
-        PatchscopesError: A scope is invalid (checked for all scopes before anything runs).
+        PatchscopesError: A scope is invalid (checked for all scopes before anything runs), or ``run_dir`` holds
+            another run.
     """
     scopes = [scopes] if isinstance(scopes, Patchscope) else list(scopes)
+    if engine not in ENGINES:
+        raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
+    if shard_size is not None and shard_size < 1:
+        raise PatchscopesError(f"shard_size must be at least 1, got {shard_size}")
     jobs = resolve_jobs(scopes, model)
+    if engine == "batched" and not batched_applies(jobs):
+        engine = "reference"
+    executor = executor or LocalExecutor()
+    if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
+        shard_size = DEFAULT_SHARD_SIZE
+    shards = plan_shards(jobs, shard_size, engine, keyed=run_dir is not None)
+    models = list({job.source_model: None for job in jobs} | {job.target_model: None for job in jobs})
+    store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
+                         models=models, data=[shard.key for shard in shards])
+    readings: list[Readings | None] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
-        with torch.no_grad():
-            if engine == "batched":
-                readings = run_batched(jobs, budget or BatchBudget(), progress=bar)
-            elif engine == "reference":
-                readings = run_reference(jobs, progress=bar)
+        todo = []
+        for shard in shards:
+            found = store.read_shard(shard.key) if store is not None else None
+            if found is not None and len(found[0]) == shard.stop - shard.start:
+                readings[shard.start: shard.stop] = records_to_readings(*found)
+                bar.update(shard.stop - shard.start)
             else:
-                raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
-            results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
-            if baseline:
-                attach_baselines(jobs, results)
+                todo.append(shard)
+        if todo:
+            for shard, shard_readings in executor.run_shards(scopes, jobs, todo, model=model, engine=engine,
+                                                             budget=budget, progress=bar):
+                if store is not None:
+                    store.write_shard(shard.key, *readings_to_records(shard_readings))
+                readings[shard.start: shard.stop] = shard_readings
+        results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
+        if baseline:
+            attach_baselines(jobs, results)
     finally:
         bar.close()
     return results
+
+
+def batched_applies(jobs: Sequence[Job]) -> bool:
+    """Whether the batched engine is exact on every model of ``jobs``; warns naming those it is not."""
+    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model)}
+    slow = [m for m in models.values() if not m.fast_path.batched]
+    for model in slow:
+        warnings.warn(f"{model.name}: the batched engine's fast path does not apply ({model.fast_path.reason}); "
+                      "running the reference engine, one hooked forward per patch", stacklevel=3)
+    return not slow
 
 
 def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> None:

@@ -7,7 +7,8 @@ values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tab
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict, Unpack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pandas as pd
 
@@ -17,8 +18,12 @@ from patchscopes.models import LanguageModel
 from patchscopes.presets import Preset, get_preset
 from patchscopes.results import results_to_frame
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir
 from patchscopes.scope import Patchscope, Readout, Source
 from patchscopes.specs import Spec, parse_spec
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 def plan_sweep(
@@ -71,6 +76,7 @@ def plan_sweep(
         if not isinstance(prompt, str) or not prompt.strip():
             raise PatchscopesError("a source prompt is empty", hint="give non-empty prompts")
         n_tokens = len(model.encode(prompt))
+        model.check_length(n_tokens, "source prompt")
         if isinstance(positions, (list, tuple)) and positions and all(isinstance(p, str) for p in positions):
             source_positions: list[int | str] = list(positions)
         else:
@@ -106,23 +112,36 @@ def sweep(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
+    shard_size: int | None = None,
     **options: Unpack[SweepOptions],
 ) -> pd.DataFrame:
     """Run a sweep and return one row per patch.
 
     Takes the arguments of :func:`plan_sweep` (``layers``, ``positions``, ``target_layers``, ``target_prompt``,
     ``target_model``, ``mapping``, ``readout``, ``top_k``, ``max_new_tokens``: :class:`SweepOptions`) and of
-    :func:`~patchscopes.runner.run`. Columns: the source and target coordinates (``source_layer``,
+    :func:`~patchscopes.runner.run` (``executor``, ``run_dir`` and ``shard_size`` included: a sweep can run on a
+    Ray cluster and resume after a kill). Columns: the source and target coordinates (``source_layer``,
     ``source_position``, ``source_token``, ``target_layer``, ``target_position``...), ``top_token``,
     ``top_tokens``, ``top_token_ids``, ``top_probs``, ``generated_text`` (generation only) and the
-    ``baseline_*`` columns when ``baseline=True``.
+    ``baseline_*`` columns when ``baseline=True``. With a preset that names a separator (``description``),
+    ``description`` (and ``baseline_description``) hold the generated text without it (``"chemist"`` for
+    ``": chemist"``); ``generated_text`` keeps the raw text.
 
     Example:
         >>> df = sweep(model, "The Eiffel Tower is in Paris", "token-identity", layers="0:30:5")
         >>> df.pivot(index="source_layer", columns="source_position", values="top_token")
     """
     scopes = plan_sweep(model, prompts, scope, **options)
-    results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress)
+    results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress,
+                  executor=executor, run_dir=run_dir, shard_size=shard_size)
     frame = results_to_frame(results)
-    frame.insert(0, "scope", get_preset(scope).name)
+    preset = get_preset(scope)
+    frame.insert(0, "scope", preset.name)
+    if preset.separator and len(frame):
+        for raw, clean in (("generated_text", "description"), ("baseline_generated_text", "baseline_description")):
+            if raw in frame.columns and frame[raw].map(lambda v: isinstance(v, str)).any():
+                frame.insert(frame.columns.get_loc(raw) + 1, clean,
+                             frame[raw].map(lambda v: preset.clean(v) if isinstance(v, str) else v))
     return frame

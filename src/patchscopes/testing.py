@@ -73,9 +73,14 @@ def tiny_model(family: str, *, seed: int = 0) -> LanguageModel:
     config = tiny_config(family, len(tokenizer))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # Larger random weights than the default init, so distributions are far from uniform and comparisons bite.
+    return LanguageModel(sharpen(model), tokenizer, name=f"tiny-{family}")
+
+
+def sharpen(model: torch.nn.Module) -> torch.nn.Module:
+    """Redraw every matrix of ``model`` from N(0, 0.2²): larger random weights than the default init, so
+    next-token distributions are far from uniform and comparisons bite. Returns the model."""
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 2:
                 param.normal_(0.0, 0.2)
-    return LanguageModel(model, tokenizer, name=f"tiny-{family}")
+    return model

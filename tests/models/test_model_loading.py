@@ -88,7 +88,7 @@ def test_cache_dir(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name, message", [
     ("", "the model name is empty"),
     ("missing/model.gguf", "no such GGUF file: missing/model.gguf"),
-    ("no-such-org/no-such-model-xyz", "could not load model 'no-such-org/no-such-model-xyz'"),
+    ("no-such-org/no-such-model-xyz", "unknown model 'no-such-org/no-such-model-xyz'"),
 ])
 def test_bad_model_names(name, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

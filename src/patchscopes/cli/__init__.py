@@ -13,5 +13,6 @@ from patchscopes.cli import eval_attributes_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import crossmodel_cmd, eval_entities_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import eval_multihop_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import future_cmd, lre_cmd  # noqa: F401  isort: skip
+from patchscopes.cli import serve_cmd  # noqa: F401  isort: skip
 
 __all__ = ["app", "eval_app", "main"]

@@ -66,6 +66,7 @@ WindowOption = opt.max_tokens_option("Window length in A's tokens.")
 
 @app.command("fit-map", short_help="Fit affine maps from model A's layers to model B's.")
 @opt.runtime_options(engine=False)
+@opt.run_options(workers=False)
 def fit_map_command(
     source_model: SourceModelOption,
     target_model: TargetModelOption,
@@ -86,6 +87,7 @@ def fit_map_command(
     seed: opt.seed_option("the window order") = 0,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Fit affine maps from A's layer l to B's layer l* (least squares with bias) and save them in one file.
 
@@ -95,6 +97,7 @@ def fit_map_command(
       patchscopes fit-map -a smollm2-135m -b gemma3-270m --text wiki.txt \\
           --layers 0:30:3 --target-layers 0:18:3
     """
+    arguments = dict(locals())
     if out is not None and out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
     fit_docs, split = fit_documents(text, eval_fraction)
@@ -103,7 +106,7 @@ def fit_map_command(
     b = runtime.load(target_model)
     cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,
                                ridge=ridge, max_tokens=max_tokens, seed=seed, progress=True,
-                               extra_config={"split": split})
+                               extra_config={"split": split}, run_dir=runs.open("fit-map", arguments, runtime, [a, b]))
     cmap.save(out)
     console.print(Text(map_summary(cmap)), soft_wrap=True)
     wrote("map", f"{out} ({cmap.config.get('seconds')} s)")
@@ -136,6 +139,7 @@ def next_token_table(summary, *, title: str) -> Table:
 
 @eval_app.command("cross-model", short_help="Exp. 4: read model A's hidden states through model B.")
 @opt.runtime_options()
+@opt.run_options()
 def cross_model_command(
     map_path: Annotated[
         Path, typer.Option("--map", metavar="FILE", help="A map file from `patchscopes fit-map`.")
@@ -184,6 +188,7 @@ def cross_model_command(
     plot: opt.PlotOption = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Read model A's hidden states through model B with a fitted map (paper, Exp. 4).
 
@@ -198,6 +203,7 @@ def cross_model_command(
       patchscopes eval cross-model --map MAP --entities wikides.json \\
           --entity-layers 0,3,6 --plot x.html
     """
+    arguments = dict(locals())
     if not text and entities is None:
         raise PatchscopesError("nothing to evaluate", hint="give --text for next-token prediction and/or --entities")
     check_entity_options(split, reference)
@@ -219,6 +225,7 @@ def cross_model_command(
     a = runtime.load(source_model or cmap.source_name)
     b = runtime.load(target_model or cmap.target_name)
     cmap.check_models(a, b)
+    store = runs.open("eval cross-model", arguments, runtime, [a, b])
     console.print(Text(map_summary(cmap), style="dim"), soft_wrap=True)
     output: dict = {"source_model": a.name, "target_model": b.name, "map": str(map_path),
                     "map_data_fingerprint": cmap.config.get("data", {}).get("fingerprint")}
@@ -226,7 +233,8 @@ def cross_model_command(
     if eval_docs is not None:
         frame = cross_model_samples(a, b, cmap, eval_docs, samples=samples, seed=seed, layers=layers,
                                     target_layers=target_layers, methods=method_list, max_tokens=max_tokens,
-                                    engine=runtime.engine, progress=True)  # type: ignore[arg-type]
+                                    engine=runtime.engine, progress=True, executor=runs.executor,  # type: ignore[arg-type]
+                                    run_dir=store)
         summary = summarize_cross_model(frame)
         attrs = frame.attrs
         console.print(next_token_table(summary, title=f"next-token Precision@1 · surprisal (nats): {a.name} read "
@@ -253,7 +261,7 @@ def cross_model_command(
         desc = cross_model_descriptions(
             a, b, cmap, chosen, layers=entity_layers or layers, target_layers=entity_target_layers or target_layers,
             reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens, engine=runtime.engine,
-            progress=True,
+            progress=True, executor=runs.executor, run_dir=store,
         )
         entity_summary = summarize_cross_descriptions(desc)
         cross = entity_summary[entity_summary["method"] == "cross-model"]

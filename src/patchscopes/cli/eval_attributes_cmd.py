@@ -63,6 +63,7 @@ def default_windows() -> list[Path]:
 
 @eval_app.command("attributes", short_help="Exp. 2: attribute extraction, patchscope vs a linear probe.")
 @opt.runtime_options()
+@opt.run_options()
 def attributes_command(
     relations: Annotated[
         list[Path],
@@ -142,6 +143,7 @@ def attributes_command(
     ] = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Attribute extraction: the patchscope against a linear probe, per relation (paper, Exp. 2, Table 2).
 
@@ -153,6 +155,7 @@ def attributes_command(
       patchscopes eval attributes --relations data/relations/factual/*.json \\
           --corpus wiki.txt --json attributes.json --plot attributes.html
     """
+    arguments = dict(locals())
     method_list = opt.parse_methods(methods) or list(DEFAULT_METHODS)
     bad = [m for m in method_list if m not in METHODS]
     if bad:
@@ -180,12 +183,13 @@ def attributes_command(
 
     start = time.perf_counter()
     lm = runtime.load(model)
+    store = runs.open("eval attributes", arguments, runtime, [lm], data=[rels, window_paths])
     results = evaluate_attributes(
         lm, rels, target_prompts=prompts, source_layers=source_layers, target_layers=target_layers,
         max_samples=max_samples or None, probe_samples=probe_samples or None, contexts=kinds,
         corpus=list(documents) if documents is not None else None, contexts_per_subject=contexts_per_subject,
         max_new_tokens=max_new_tokens, fact_filter=fact_filter, folds=folds, probe_cv=probe_cv,  # type: ignore[arg-type]
-        seed=seed, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
+        seed=seed, engine=runtime.engine, progress=True, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
         methods=method_list, lre_examples=lre_examples, lre_beta=lre_beta,
     )
     seconds = time.perf_counter() - start

@@ -108,10 +108,11 @@ def examples_table(samples: pd.DataFrame, per_group: int, *, title: str) -> Tabl
 
 @eval_app.command("entities", short_help="Exp. 3: describe entities from their early-layer states.")
 @opt.runtime_options()
+@opt.run_options()
 def entities_command(
     entities: EntitiesOption,
     model: opt.ModelOption = DEFAULT_MODEL,
-    layers: opt.layers_option("Source layers l (l* = l): 'all', '0,5,10', '0:10'.") = DEFAULT_LAYERS,
+    layers: opt.layers_option("Source layers l (l* = l); default: the first 10.", optional=True) = DEFAULT_LAYERS,
     n: Annotated[
         int, typer.Option("--n", "-n", metavar="N", callback=opt.at_least(1),
                           help="Entities to describe; with popularities, half rare and half popular.")
@@ -133,6 +134,7 @@ def entities_command(
     plot: opt.PlotOption = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Describe entities from their hidden states in the first layers and score the descriptions (paper, Exp. 3).
 
@@ -144,6 +146,7 @@ def entities_command(
       patchscopes eval entities --entities popqa/popqa_sample_2000.json \\
           --reference self --plot fig3.html
     """
+    arguments = dict(locals())
     check_entity_options(split, reference)
     opt.check_output_paths(json_path, plot)
     found = read_entities(entities)
@@ -156,8 +159,10 @@ def entities_command(
     console.print(Text(found.summary(), style="dim"), soft_wrap=True)
     if note:
         console.print(Text(note, style="yellow"), soft_wrap=True)
+    store = runs.open("eval entities", arguments, runtime, [lm], data=chosen)
     samples = describe_entities(lm, chosen, layers=layers, reference=reference, sbert=not no_sbert,
-                                max_new_tokens=max_new_tokens, engine=runtime.engine, progress=True)  # type: ignore[arg-type]
+                                max_new_tokens=max_new_tokens, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
+                                executor=runs.executor, run_dir=store)
     seconds = time.perf_counter() - start
     summary = summarize_descriptions(samples)
     groups = ", ".join(f"{g}: {c}" for g, c in samples.drop_duplicates("entity")["group"].value_counts().items())

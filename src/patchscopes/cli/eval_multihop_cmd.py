@@ -71,6 +71,7 @@ def relation_paths(paths: list[Path]) -> list[Path]:
 
 @eval_app.command("multihop", short_help="Multi-hop correction with the CoT patchscope (§4.5).")
 @opt.runtime_options()
+@opt.run_options()
 def multihop_command(
     relations: Annotated[
         list[Path] | None,
@@ -132,6 +133,7 @@ def multihop_command(
     plot: opt.plot_option("the (l, l*) heatmap") = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Multi-hop correction: vanilla, chain of thought and the CoT patchscope on two-hop queries (paper, §4.5).
 
@@ -145,6 +147,7 @@ def multihop_command(
       patchscopes eval multihop --relations data/relations \\
           --direction hop2-into-hop1 -l 0:30:2 -t 0:30:2
     """
+    arguments = dict(locals())
     if direction not in DIRECTIONS:
         raise PatchscopesError(f"unknown --direction {direction!r}", hint=f"use {' or '.join(DIRECTIONS)}")
     if not 0 < dev_fraction < 1:
@@ -157,11 +160,13 @@ def multihop_command(
 
     start = time.perf_counter()
     lm = runtime.load(model)
+    store = runs.open("eval multihop", arguments, runtime, [lm], data=rels)
     samples = multihop_samples(
         lm, rels, direction=direction, source_layers=source_layers, target_layers=target_layers,  # type: ignore[arg-type]
         max_queries=max_queries or None, max_per_chain=max_per_chain or None, match_types=not any_types,
-        hop_filter=hop_filter, control=control, dev_fraction=dev_fraction, seed=seed, max_new_tokens=max_new_tokens,
-        cot_tokens=cot_tokens, cot_template=cot_template, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
+        hop_filter=hop_filter, control=control, dev_fraction=dev_fraction, seed=seed,
+        max_new_tokens=max_new_tokens, cot_tokens=cot_tokens, cot_template=cot_template, engine=runtime.engine,  # type: ignore[arg-type]
+        progress=True, executor=runs.executor, run_dir=store,
     )
     summary = summarize_multihop(samples)
     seconds = time.perf_counter() - start

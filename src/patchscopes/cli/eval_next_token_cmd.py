@@ -31,6 +31,7 @@ from patchscopes.plots import save_figure
 
 @eval_app.command("next-token", short_help="Exp. 1: next-token prediction from every layer.")
 @opt.runtime_options()
+@opt.run_options()
 def next_token_command(
     text: opt.TextOption,
     model: opt.ModelOption = DEFAULT_MODEL,
@@ -58,6 +59,7 @@ def next_token_command(
     plot: opt.PlotOption = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Precision@1 and surprisal of next-token prediction from every layer, per method (paper, Exp. 1).
 
@@ -69,15 +71,18 @@ def next_token_command(
       patchscopes eval next-token --text wiki.txt --samples 200 \\
           --methods logit-lens,token-identity --plot f.html
     """
+    arguments = dict(locals())
     opt.check_output_paths(json_path, plot)
     method_list = opt.parse_methods(methods)
     eval_docs = eval_documents(text, eval_fraction)
     start = time.perf_counter()
     lm = runtime.load(model)
     lenses = [Lens.load(path, model=lm) for path in (lens or [])]
+    store = runs.open("eval next-token", arguments, runtime, [lm])
     summary = evaluate_next_token(
         lm, eval_docs, samples=samples, seed=seed, methods=method_list, lenses=lenses, layers=layers,
         max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
+        executor=runs.executor, run_dir=store,
     )
     seconds = time.perf_counter() - start
     attrs = summary.attrs

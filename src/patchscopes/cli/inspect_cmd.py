@@ -12,6 +12,7 @@ from typing import Annotated
 import pandas as pd
 import torch
 import typer
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -20,7 +21,7 @@ from patchscopes.cli.app import app, console, wrote
 from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import DEFAULT_MODEL
-from patchscopes.plots import cell_probability, cell_text, grid, heatmap, save_figure
+from patchscopes.plots import cell_probability, cell_text, grid, heatmap, readout_legend, save_figure
 from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results
 from patchscopes.sweep import sweep
@@ -28,6 +29,7 @@ from patchscopes.sweep import sweep
 
 @app.command("inspect", short_help="Read every hidden state of a prompt through a patchscope.")
 @opt.runtime_options()
+@opt.run_options()
 def inspect_command(
     prompt: Annotated[
         str, typer.Argument(metavar="PROMPT", show_default=False, help="The source prompt S whose hidden states are "
@@ -71,15 +73,18 @@ def inspect_command(
         bool, typer.Option("--baseline/--no-baseline", help="Also run each target unpatched and show it.")
     ] = False,
     batch_rows: Annotated[
-        int, typer.Option("--batch-rows", metavar="N", callback=opt.at_least(1),
-                          help="The most patches run in one forward pass.")
-    ] = BatchBudget.rows,
+        int | None, typer.Option("--batch-rows", metavar="N", callback=opt.at_least(1), show_default=False,
+                                 help="The most patches run in one forward pass.  [default: 256 on a CPU, "
+                                 "4096 on a GPU]")
+    ] = None,
     batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", metavar="N", callback=opt.at_least(1),
-                          help="The most tokens (rows × tokens per row) in one forward pass.")
-    ] = BatchBudget.tokens,
+        int | None, typer.Option("--batch-tokens", metavar="N", callback=opt.at_least(1), show_default=False,
+                                 help="The most tokens (rows × tokens per row) in one forward pass.  [default: "
+                                 "16384 on a CPU, 262144 on a GPU]")
+    ] = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Patch each hidden state of PROMPT (layers × positions) into a target run and show what it reads.
 
@@ -92,6 +97,7 @@ def inspect_command(
       patchscopes inspect "Leonardo DiCaprio" --scope description \\
           --layers 0:10 --positions -1 --html out.html
     """
+    arguments = dict(locals())
     # Check everything that does not need the model before loading it.
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='give a source prompt, e.g. "The Eiffel Tower is in Paris"')
@@ -101,11 +107,14 @@ def inspect_command(
     _check_suffix(html_path, "--html", (".html", ".htm"))
 
     lm = runtime.load(model)
+    budget = None if batch_rows is None and batch_tokens is None else BatchBudget(
+        rows=batch_rows or BatchBudget.rows, tokens=batch_tokens or BatchBudget.tokens)  # default: the device's
+    store = runs.open("inspect", arguments, runtime, [lm])
     try:
         frame = sweep(
             lm, prompt, scope, layers=layers, positions=positions, target_layers=target_layer,
             target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens, baseline=baseline,
-            engine=runtime.engine, progress=True, budget=BatchBudget(rows=batch_rows, tokens=batch_tokens),  # type: ignore[arg-type]
+            engine=runtime.engine, progress=True, budget=budget, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
         )
     except torch.cuda.OutOfMemoryError as err:
         raise PatchscopesError(
@@ -113,9 +122,10 @@ def inspect_command(
             hint="sweep fewer --layers/--positions, use --dtype bfloat16, or --device cpu",
         ) from err
 
-    console.print(Text.assemble((f"{scope}", "bold"), f" · {lm.name} · {prompt!r}"), soft_wrap=True)
-    console.print(results_table(frame))
-    console.print(Text(table_legend(frame), style="dim"), soft_wrap=True)
+    console.print(Text.assemble((f"{scope}", "bold"), f" · {lm.name} · {prompt!r}"))
+    for table in results_tables(frame, width=console.width):
+        console.print(table)
+    console.print(Text(table_legend(frame), style="dim"))
     written = []
     for path, kind in ((json_path, "JSON"), (csv_path, "CSV")):
         if path is not None:
@@ -129,42 +139,64 @@ def inspect_command(
         wrote(kind, path)
 
 
-def results_table(frame: pd.DataFrame, *, title: str | None = None, cell_width: int = 16) -> Table:
-    """A rich table of a sweep: source layers (or ``l→l*``) by source positions, the top token in each cell.
+def results_tables(frame: pd.DataFrame, *, width: int = 80, cell_width: int = 16) -> list[Table]:
+    """Rich tables of a sweep, source layers (or ``l→l*``) by source positions, each at most ``width``
+    columns wide: the positions are split over as many tables as it takes, every table repeating the
+    layer column, so that no column is squeezed (a cell shows whole what :func:`cell_text` gives it).
 
     Cells show the visible top token (``␣`` for spaces, ``\\n`` for newlines) or, for generation readouts,
     the generated text shortened to ``cell_width``; bold where its probability (for generation, the first
     token's) is at least 0.5, dim below 0.1. With baselines, a last row shows the unpatched run.
     """
     g = grid(frame)
-    table = Table(title=Text(title) if title else None, title_justify="left")
-    table.add_column("l→l*" if g.multi_target else "layer", justify="right", style="bold", no_wrap=True)
-    for label in g.col_labels:
-        index, _, token = label.partition(":")
-        table.add_column(Text(f"{index}\n{token}"), no_wrap=True, overflow="ellipsis")
-    for row, row_label in zip(g.row_keys, g.row_labels):
-        cells: list[Text] = [Text(row_label)]
-        for col in g.col_keys:
-            rec = g.get(row, col)
-            cells.append(Text("") if rec is None else _cell(rec, cell_width))
-        table.add_row(*cells)
-
-    if "baseline_top_tokens" in frame.columns and frame["baseline_top_tokens"].notna().any():
-        baseline_cells: list[Text] = [Text("unpatched", style="italic")]
-        for col in g.col_keys:
+    baseline = "baseline_top_tokens" in frame.columns and frame["baseline_top_tokens"].notna().any()
+    headers = [Text("{}\n{}".format(*label.partition(":")[::2])) for label in g.col_labels]
+    columns = []  # per position: its header and its cells, top to bottom
+    for col, header in zip(g.col_keys, headers):
+        cells = [Text("") if (rec := g.get(row, col)) is None else _cell(rec, cell_width) for row in g.row_keys]
+        if baseline:
             base = next((rec for (_, c), rec in g.cells.items()
                          if c == col and rec.get("baseline_top_tokens") is not None), None)
-            baseline_cells.append(Text("") if base is None else Text(_baseline_text(base, cell_width), style="italic"))
-        table.add_section()
-        table.add_row(*baseline_cells)
-    return table
+            cells.append(Text("") if base is None else Text(_baseline_text(base, cell_width), style="italic"))
+        columns.append((header, cells))
+    row_labels = [Text(label) for label in g.row_labels] + ([Text("unpatched", style="italic")] if baseline else [])
+    label_width = max(cell_len(t.plain) for t in [*row_labels, Text("l→l*" if g.multi_target else "layer")])
+
+    def column_width(header: Text, cells: list[Text]) -> int:
+        return max(cell_len(line) for t in [header, *cells] for line in (t.plain.split("\n") or [""]))
+
+    # A rich table with borders takes 1 + (content + 3) per column.
+    chunks: list[list[int]] = [[]]
+    used = 1 + label_width + 3
+    for index, (header, cells) in enumerate(columns):
+        need = column_width(header, cells) + 3
+        if chunks[-1] and used + need > width:
+            chunks.append([])
+            used = 1 + label_width + 3
+        chunks[-1].append(index)
+        used += need
+    tables = []
+    for chunk in chunks:
+        title = None
+        if len(chunks) > 1:
+            first, last = (g.col_labels[chunk[0]].partition(":")[0], g.col_labels[chunk[-1]].partition(":")[0])
+            title = Text(f"positions {first}–{last}" if first != last else f"position {first}", style="dim")
+        table = Table(title=title, title_justify="left")
+        table.add_column("l→l*" if g.multi_target else "layer", justify="right", style="bold", no_wrap=True)
+        for index in chunk:
+            table.add_column(columns[index][0], no_wrap=True, min_width=column_width(*columns[index]))
+        for r, label in enumerate(row_labels):
+            if baseline and r == len(row_labels) - 1:
+                table.add_section()
+            table.add_row(label, *[columns[index][1][r] for index in chunk])
+        tables.append(table)
+    return tables
 
 
 def table_legend(frame: pd.DataFrame) -> str:
-    """One line saying what the cells of :func:`results_table` show."""
-    generation = "generated_text" in frame.columns and frame["generated_text"].map(lambda v: isinstance(v, str)).any()
-    what = "generated text (colour: first token)" if generation else "top token"
-    return f"cell: {what} of the patched run; bold: p ≥ 0.5, dim: p < 0.1; ␣ = space"
+    """What the cells of :func:`results_tables` show: :func:`~patchscopes.plots.readout_legend`, and the
+    styles."""
+    return f"{readout_legend(frame)}. Bold: p ≥ 0.5, dim: p < 0.1; ␣ = space."
 
 
 def _cell(rec: dict, width: int) -> Text:
@@ -174,7 +206,7 @@ def _cell(rec: dict, width: int) -> Text:
 
 
 def _baseline_text(rec: dict, width: int) -> str:
-    generated = rec.get("baseline_generated_text")
+    generated = rec.get("baseline_description", rec.get("baseline_generated_text"))
     if isinstance(generated, str):
         return cell_text({"generated_text": generated}, width)
     tokens = rec.get("baseline_top_tokens")

@@ -30,6 +30,7 @@ def default_lens_dir(model: str, kind: str) -> Path:
 
 @app.command("fit-lens", short_help="Fit an affine or tuned lens and save it.")
 @opt.runtime_options(engine=False)
+@opt.run_options(workers=False)
 def fit_lens_command(
     text: opt.TextOption,
     model: opt.ModelOption = DEFAULT_MODEL,
@@ -63,10 +64,12 @@ def fit_lens_command(
     checkpoint: Annotated[
         Path | None,
         typer.Option("--checkpoint", metavar="FILE", show_default=False,
-                     help="Tuned lens: checkpoint, resumed from if present.  [default: OUT/checkpoint.safetensors]"),
+                     help="Tuned lens: checkpoint, resumed from if present.  [default: "
+                     "OUT/checkpoint.safetensors, or in --run-dir]"),
     ] = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Fit a lens (one map per layer l → last layer) and save it as lens.safetensors + lens.json.
 
@@ -77,6 +80,7 @@ def fit_lens_command(
           --out lenses/smollm2-affine
       patchscopes fit-lens --text wiki.txt --kind tuned --steps 200
     """
+    arguments = dict(locals())
     if kind not in LENS_KINDS:
         raise PatchscopesError(f"unknown lens kind {kind!r}", hint=f"use one of {', '.join(LENS_KINDS)}")
     settings = None
@@ -86,11 +90,13 @@ def fit_lens_command(
     fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_lens_dir(model, kind)
     lm = runtime.load(model)
+    store = runs.open("fit-lens", arguments, runtime, [lm])
     if kind == "affine":
         lens = fit_affine_lens(lm, fit_docs, ridge=ridge, samples=samples or 20000, max_tokens=max_tokens,
-                               seed=seed, progress=True, extra_config={"split": split})
+                               seed=seed, progress=True, extra_config={"split": split}, run_dir=store)
     else:
-        ckpt = checkpoint or (out / "checkpoint.safetensors")
+        ckpt = checkpoint or (store.file("tuned-lens-checkpoint.safetensors") if store is not None
+                              else out / "checkpoint.safetensors")
         if ckpt.is_file():
             console.print(Text(f"resuming from {ckpt}"))
         lens = train_tuned_lens(lm, fit_docs, settings=settings, checkpoint=ckpt, progress=True,

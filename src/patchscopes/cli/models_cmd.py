@@ -1,20 +1,49 @@
-"""``patchscopes models``: the embedded models, whether they are installed and converted, and the cache root."""
+"""``patchscopes models``: the embedded models, whether they are installed and converted, and the cache root;
+with ``--families``, the coverage matrix of every causal-LM family of transformers."""
 
 from __future__ import annotations
 
+import typer
 from rich.table import Table
 from rich.text import Text
 
 from patchscopes.cli.app import app, console
+from patchscopes.coverage import STATUSES, load_coverage
 from patchscopes.models import DEFAULT_MODEL, cache_dir, embedded_status
 
+_STATUS_STYLE = {"fast path": "green", "hooked": "yellow", "refused": "red", "not built": "dim", "fails": "bold red"}
 
-@app.command("models", short_help="List the embedded models and where they are cached.")
-def models_command() -> None:
+
+def print_families() -> None:
+    """The stored coverage matrix: one row per family, then the count of each status."""
+    version, rows = load_coverage()
+    table = Table(title=f"Model families of transformers {version} (docs/models.md)", title_justify="left")
+    table.add_column("model_type", style="bold", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("layout / why", overflow="fold")
+    for row in rows:
+        why = row.detail if row.status != "fast path" else row.layout
+        table.add_row(row.model_type, row.model_class, Text(row.status, style=_STATUS_STYLE[row.status]), why)
+    console.print(table)
+    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in STATUSES)
+    console.print(Text.assemble(("families: ", "bold"), counts), soft_wrap=True)
+
+
+@app.command("models", short_help="List the embedded models, or with --families every family and how it runs.")
+def models_command(
+    families: bool = typer.Option(
+        False, "--families", help="Print the coverage matrix: every causal-LM family of transformers, how it runs."
+    ),
+) -> None:
     """List the embedded models: installed or not, where their converted weights are cached, how to install.
 
-    The cache root is $PATCHSCOPES_CACHE, by default ~/.cache/patchscopes.
+    The cache root is $PATCHSCOPES_CACHE, by default ~/.cache/patchscopes. With --families, print instead
+    which model families load and how they run (fast path, hooked fallback, refused and why).
     """
+    if families:
+        print_families()
+        return
     rows = embedded_status()
     table = Table(title="Embedded models", title_justify="left", show_lines=False)
     table.add_column("alias", style="bold", no_wrap=True)

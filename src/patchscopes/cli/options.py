@@ -3,8 +3,9 @@
 Options whose help differs a little between commands are made by small functions (``seed_option("the
 windows")``); the options that say how and where models run (``--engine``, ``--device``, ``--dtype``,
 ``--threads``) are added to a command by :func:`runtime_options`, which hands them to it as one
-:class:`Runtime`. Help strings are short, and metavars name what a value is (``N``, ``SPEC``, ``FILE``), so
-that ``--help`` reads well at 80 columns.
+:class:`Runtime`, and those that say where its finished work is kept and who runs it (``--run-dir``,
+``--workers``, ``--ray-address``) by :func:`run_options`, as one :class:`Runs`. Help strings are short, and
+metavars name what a value is (``N``, ``SPEC``, ``FILE``), so that ``--help`` reads well at 80 columns.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,6 +23,7 @@ import typer
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
+from patchscopes.runs import Executor, RayExecutor, RunDir, settings_of
 
 ENGINES = ("batched", "reference")
 PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
@@ -208,28 +210,111 @@ _RUNTIME_PARAMS = {
 }
 
 
-def runtime_options(*, engine: bool = True, threads: bool = True) -> Callable[[F], F]:
-    """Add ``--engine`` (unless ``engine=False``), ``--device``, ``--dtype`` and ``--threads`` (unless
-    ``threads=False``) to a command, after its own options.
+def runtime_options(*, engine: bool = True) -> Callable[[F], F]:
+    """Add ``--engine`` (unless ``engine=False``: a command that fits rather than patches), ``--device``,
+    ``--dtype`` and ``--threads`` to a command, after its own options.
 
-    The command takes a keyword parameter ``runtime`` (a :class:`Runtime`) instead of the four options; the
-    engine is checked before the command runs.
+    The command takes a keyword parameter ``runtime`` (a :class:`Runtime`) instead of these options; they
+    are checked (:meth:`Runtime.check`) before the command runs.
     """
-    names = [n for n in _RUNTIME_PARAMS if (engine or n != "engine") and (threads or n != "threads")]
+    names = [n for n in _RUNTIME_PARAMS if engine or n != "engine"]
+    return option_group("runtime", {n: _RUNTIME_PARAMS[n] for n in names}, Runtime)
+
+
+def option_group(keyword: str, params: dict[str, tuple[Any, Any]], build: Callable[..., Any]) -> Callable[[F], F]:
+    """Add the options ``params`` (name: (annotation, default)) to a command, after its own, and hand them to it
+    as one value, ``build(**values)``, in its keyword parameter ``keyword``; the value's ``check()`` runs first,
+    and its ``close()``, where it has one, after the command."""
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "runtime"]
-        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_RUNTIME_PARAMS[n][1],
-                                   annotation=_RUNTIME_PARAMS[n][0]) for n in names]
+        own = [p for p in signature.parameters.values() if p.name != keyword]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for n, (annotation, default) in params.items()]
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            runtime = Runtime(**{n: kwargs.pop(n) for n in names if n in kwargs})
-            runtime.check()
-            return fn(*args, runtime=runtime, **kwargs)
+            value = build(**{n: kwargs.pop(n) for n in params if n in kwargs})
+            value.check()
+            try:
+                return fn(*args, **{keyword: value}, **kwargs)
+            finally:
+                if hasattr(value, "close"):
+                    value.close()
 
         wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+# -- run directories and workers ---------------------------------------------------------------------------
+RunDirOption = Annotated[
+    Path | None, typer.Option("--run-dir", metavar="DIR", help="Keep each finished piece of work here; the same "
+                              "command run again with DIR resumes (a DIR of another run is refused).")
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", metavar="N", callback=at_least(1), help="Run the patches on N Ray "
+                             "workers, one model each (a local cluster; one GPU each where there are GPUs).")
+]
+RayAddressOption = Annotated[
+    str | None, typer.Option("--ray-address", metavar="ADDR", help="Run the patches on this Ray cluster ('auto', "
+                             "or ray://HOST:10001).")
+]
+NOT_SETTINGS = ("json_path", "csv_path", "html_path", "plot", "details", "out", "checkpoint", "examples", "runtime",
+                "runs")
+"""A command's arguments that do not change its results (outputs and how it runs), left out of its manifest."""
+
+
+@dataclass
+class Runs:
+    """Where a command keeps its finished work and who runs its patches: ``--run-dir``, ``--workers`` and
+    ``--ray-address``. The Ray executor starts on first use and stops when the command returns."""
+
+    run_dir: Path | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    _executor: RayExecutor | None = field(default=None, init=False, repr=False)
+
+    def check(self) -> None:
+        """Refuse workers without Ray installed, before anything loads."""
+        if (self.workers or self.ray_address) and importlib.util.find_spec("ray") is None:
+            raise PatchscopesError("--workers and --ray-address need Ray, which is not installed",
+                                   hint="pip install 'patchscopes[ray]'")
+
+    def open(self, command: str, arguments: dict, runtime: Runtime, models: Sequence[LanguageModel],
+             data: object = None) -> RunDir | None:
+        """The run directory of ``--run-dir`` (``None`` without one), opened for ``command`` with its
+        ``arguments`` (its ``locals()`` on entry: data files are fingerprinted, outputs left out), engine, device
+        and dtype, and the fingerprint of ``data`` (inputs read from elsewhere than its arguments).
+
+        Raises:
+            PatchscopesError: The directory holds another run.
+        """
+        if self.run_dir is None:
+            return None
+        settings = {**settings_of(arguments, exclude=NOT_SETTINGS), "engine": runtime.engine,
+                    "device": runtime.device, "dtype": runtime.dtype}
+        return RunDir.open(self.run_dir, command=command, settings=settings, models=models, data=data)
+
+    @property
+    def executor(self) -> Executor | None:
+        """The Ray executor of ``--workers``/``--ray-address`` (``None``: this process runs the patches)."""
+        if self._executor is None and (self.workers or self.ray_address):
+            self._executor = RayExecutor(self.workers, address=self.ray_address)
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the Ray workers, if any started."""
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+
+def run_options(*, workers: bool = True) -> Callable[[F], F]:
+    """Add ``--run-dir`` and (unless ``workers=False``: commands that run no patches) ``--workers`` and
+    ``--ray-address`` to a command, handed to it as one :class:`Runs` in its keyword parameter ``runs``."""
+    params: dict[str, tuple[Any, Any]] = {"run_dir": (RunDirOption, None)}
+    if workers:
+        params.update(workers=(WorkersOption, None), ray_address=(RayAddressOption, None))
+    return option_group("runs", params, Runs)

@@ -17,7 +17,7 @@ root package (:mod:`patchscopes.resolve`), so the engine never sees the user-fac
 """
 
 from patchscopes.engine.batched import run_batched
-from patchscopes.engine.batching import BatchBudget
+from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_budget
 from patchscopes.engine.capture import capture_states
 from patchscopes.engine.generation import greedy_generate, greedy_token_ids
 from patchscopes.engine.jobs import Job
@@ -31,7 +31,9 @@ __all__ = [
     "NextToken",
     "Readings",
     "Readout",
+    "budget_for_memory",
     "capture_states",
+    "device_budget",
     "greedy_generate",
     "greedy_token_ids",
     "run_batched",

@@ -334,6 +334,30 @@ def select_tokens(logits: torch.Tensor, readout: Generate, generators: list[torc
     return torch.cat([torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(len(generators))])
 
 
+def stop_filter(model: LanguageModel, stop: Sequence[str]):
+    """Whether a new token may complete a stop string, so that the row's text must be decoded to know.
+
+    A stop string newly found ends inside the new token's text, so the token's own text (decoded once per id)
+    holds the stop string's last character, or an incomplete character (U+FFFD) that later bytes complete. A
+    space may come from the decoder rather than the token (SentencePiece's ▁), so a stop string ending in a space
+    checks every token. Decoding every row at every step costs more than the forward on a GPU.
+    """
+    if not stop:
+        return lambda token: False
+    if any(not s or s[-1] == " " for s in stop):
+        return lambda token: True
+    last = {s[-1] for s in stop}
+    cached: dict[int, bool] = {}
+
+    def may_stop(token: int) -> bool:
+        if token not in cached:
+            piece = model.token_strings([token])[0]
+            cached[token] = "\ufffd" in piece or any(c in piece for c in last)
+        return cached[token]
+
+    return may_stop
+
+
 def decode(model: LanguageModel, first_logits: torch.Tensor, cache, length: int, readout: Generate,
            generators: list[torch.Generator] | None) -> list[list[int]]:
     """Decode every row from its prefill logits; rows leave the batch when they end.
@@ -350,6 +374,7 @@ def decode(model: LanguageModel, first_logits: torch.Tensor, cache, length: int,
     tokens: list[list[int]] = [[] for _ in range(rows)]
     active = list(range(rows))
     eos = model.eos_token_ids
+    may_stop = stop_filter(model, readout.stop)
     next_tok = select_tokens(first_logits, readout, generators)
     for step in range(readout.max_new_tokens):
         chosen = next_tok.tolist()
@@ -357,7 +382,7 @@ def decode(model: LanguageModel, first_logits: torch.Tensor, cache, length: int,
         for b, row in enumerate(active):
             tokens[row].append(chosen[b])
             ended = chosen[b] in eos or (
-                readout.stop and cut_at_stop(text := model.decode(tokens[row]), readout.stop) != text)
+                may_stop(chosen[b]) and cut_at_stop(text := model.decode(tokens[row]), readout.stop) != text)
             if not ended:
                 keep.append(b)
         if step == readout.max_new_tokens - 1 or not keep:

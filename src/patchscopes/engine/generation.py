@@ -72,6 +72,8 @@ def greedy_token_ids(
         if not ids:
             raise PatchscopesError(f"cannot generate from the empty prompt {prompt!r}")
         encoded.append(ids)
+    if not model.fast_path.left_padding:  # padded rows would not be exact: one prompt at a time
+        batch_size = 1
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[list[int]] = [[] for _ in encoded]
     for first in range(0, len(order), batch_size):

@@ -45,10 +45,7 @@ def unembedding_input(model: LanguageModel, store: dict) -> Iterator[None]:
 
 def logits_of(model: LanguageModel, hidden: torch.Tensor) -> torch.Tensor:
     """Full logits of final-normed hidden states: the unembedding and any soft-capping."""
-    logits = model.arch.unembed(hidden)
-    if model.arch.softcap is not None:
-        logits = torch.tanh(logits / model.arch.softcap) * model.arch.softcap
-    return logits
+    return model.arch.transform_logits(model.arch.unembed(hidden))
 
 
 def top_k_logprobs(model: LanguageModel, hidden: torch.Tensor, k: int,
@@ -66,7 +63,7 @@ def top_k_logprobs(model: LanguageModel, hidden: torch.Tensor, k: int,
         # An unembedding of another kind, or one whose weights are offloaded, is applied whole.
         logprobs = torch.log_softmax(logits_of(model, hidden).float(), dim=-1)
         return logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-    weight, bias, cap = unembed.weight, unembed.bias, model.arch.softcap
+    weight, bias = unembed.weight, unembed.bias
     hidden = hidden.to(weight.device)
     rows, vocab = hidden.shape[0], weight.shape[0]
     k = min(k, vocab)
@@ -76,9 +73,7 @@ def top_k_logprobs(model: LanguageModel, hidden: torch.Tensor, k: int,
     for start in range(0, vocab, chunk):
         stop = min(start + chunk, vocab)
         logits = nn.functional.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
-        if cap is not None:  # in the model's dtype, as the model does it
-            logits = torch.tanh(logits / cap) * cap
-        logits = logits.float()
+        logits = model.arch.transform_logits(logits).float()  # in the model's dtype, as the model does it
         if k == 1:
             values, ids = logits.max(dim=-1, keepdim=True)
         else:

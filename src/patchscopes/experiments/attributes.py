@@ -56,6 +56,7 @@ from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.lenses.lre import DEFAULT_EXAMPLES, faithfulness, fit_lre, token_matches
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
@@ -355,6 +356,8 @@ def evaluate_attributes(
     methods: Sequence[str] = DEFAULT_METHODS,
     lre_examples: int = DEFAULT_EXAMPLES,
     lre_beta: float | None = None,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> AttributeResults:
     """Run the attribute-extraction experiment on ``relations``.
 
@@ -391,6 +394,10 @@ def evaluate_attributes(
             subjects' in-context prompts). The LRE's fitting subjects are left out of its evaluation.
         lre_examples: In-context examples per LRE (the paper: 8).
         lre_beta: β of the LREs (``None``: chosen on the fitting examples).
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         An :class:`AttributeResults`; ``.summary()`` is the paper's Table 2.
@@ -398,6 +405,8 @@ def evaluate_attributes(
     Raises:
         PatchscopesError: Bad options or relation files; a relation without a usable target prompt.
     """
+    store = open_run_dir(run_dir, command="evaluate_attributes", models=[model], data=[relations, corpus],
+                         settings=settings_of(locals(), exclude=("model", "relations", "corpus")))
     start = time.perf_counter()
     if max_samples is not None and max_samples < 1:
         raise PatchscopesError(f"max_samples must be at least 1, got {max_samples}")
@@ -447,7 +456,7 @@ def evaluate_attributes(
             try:
                 results = knows_fact(model, [relation.verbalize(p[0], prompt) for p in pairs], [p[1] for p in pairs],
                                      aliases=[p[2] for p in pairs], max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, progress=bar)
+                                     batch_size=batch_size, progress=bar, run_dir=store)
             finally:
                 bar.close()
             known = {p for p, r in zip(pairs, results) if r.known}
@@ -482,7 +491,8 @@ def evaluate_attributes(
         # The patchscope on its samples, all (l, l*) pairs, in one call of the engine.
         scopes = [Patchscope(Source(s.text, layer, s.position), Target(prompt, t_layer, "x"), readout)
                   for s in chosen for layer in src_layers for t_layer in tgt_layers] if "patchscope" in methods else []
-        results = run(scopes, model, engine=engine, budget=budget, progress=progress) if scopes else []
+        results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store,
+                      progress=progress) if scopes else []
         for index, s in enumerate(chosen_probe):
             sample_rows.append({"relation": relation.name, "sample": index, "subject": s.subject, "object": s.object,
                                 "kind": s.kind, "source_text": s.text, "source_position": s.position,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -46,6 +47,7 @@ from patchscopes.lenses import AlignedWindow, CrossModelMap, align_windows
 from patchscopes.models import LanguageModel
 from patchscopes.presets import TOKEN_IDENTITY_PROMPT
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
@@ -100,6 +102,8 @@ def cross_model_samples(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """Run the cross-model next-token experiment; one row per (method, l, l*, sample).
 
@@ -118,6 +122,10 @@ def cross_model_samples(
         engine: ``"batched"`` or ``"reference"``.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         Columns :data:`SAMPLE_COLUMNS`; ``token-identity`` and ``target-own`` rows have ``target_layer`` = l and
@@ -129,6 +137,8 @@ def cross_model_samples(
         PatchscopesError: Models the map was not fitted between, pairs it lacks, unknown methods, or no usable
             evaluation text.
     """
+    store = open_run_dir(run_dir, command="cross_model_samples", models=[source, target], data=documents,
+                         settings=settings_of(locals(), exclude=("source", "target", "documents")))
     start = time.perf_counter()
     cmap.check_models(source, target)
     names = list(DEFAULT_METHODS if methods is None else dict.fromkeys(methods))
@@ -185,7 +195,7 @@ def cross_model_samples(
                         scopes.append(Patchscope(Source(a_ids, layer, -1, model=source),
                                                  Target(TOKEN_IDENTITY_PROMPT, layer, -1), NextToken(top_k=1)))
                         keys.append(("token-identity", layer, layer, s))
-            results = run(scopes, source, engine=engine, budget=budget)
+            results = run(scopes, source, engine=engine, budget=budget, executor=executor, run_dir=store)
             own_text: dict[int, str] = {}
             logprobs = {s: torch.log_softmax(results[k].readings.logits.float(), dim=-1) for s, k in finals.items()}
             for (method, layer, target_layer, s), result in zip(keys, results):
@@ -275,7 +285,8 @@ def cross_model_descriptions(
         layers: Source layers l (default: all the map has).
         target_layers: Target layers l* (default: all the map has).
         same_model: Also describe with A alone at l* = l (``mapping = "identity"`` rows), for comparison.
-        **options: Options of :func:`~patchscopes.experiments.entities.description_samples`.
+        **options: Options of :func:`~patchscopes.experiments.entities.description_samples` (a ``run_dir`` path
+            is opened once, for both of its calls).
 
     Returns:
         One row per (entity, pair) with the columns of
@@ -283,6 +294,10 @@ def cross_model_descriptions(
         ``same-model``).
     """
     cmap.check_models(source, target)
+    options["run_dir"] = open_run_dir(options.get("run_dir"), command="cross_model_descriptions",
+                                      models=[source, target], data=entities,
+                                      settings=settings_of({**locals(), **options}, exclude=(
+                                          "source", "target", "entities", "options")))
     pairs = _pairs(cmap, source, target, layers, target_layers)
     cross = description_samples(source, entities, [(a, b, cmap.mapping(a, b)) for a, b in pairs],
                                 target_model=target, **options)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -38,12 +39,15 @@ from patchscopes.models import LanguageModel
 from patchscopes.plots import add_band_line
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
 from patchscopes.specs import parse_spec
 
 DESCRIPTION_STOP = (",", "\n")
 DESCRIPTION_READOUT = Generate(max_new_tokens=50, stop=DESCRIPTION_STOP)
-DEFAULT_LAYERS = "0:10"
+DEFAULT_LAYERS = None
+"""``None``: the paper's first ten layers, ``0:10`` (every layer of a model with fewer)."""
+FIRST_LAYERS = 10
 REFERENCE_KINDS = ("file", "self")
 SCORES = ("rougeL", "rouge1", "sbert")
 SAMPLE_COLUMNS = ["entity", "group", "popularity", "layer", "target_layer", "mapping", "generated", "description",
@@ -95,6 +99,8 @@ def description_samples(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """Describe every entity at every (l, l*, f) pair and score the descriptions.
 
@@ -111,6 +117,10 @@ def description_samples(
         engine: ``"batched"`` or ``"reference"``.
         budget: Micro-batch limits of the batched engine.
         progress: Show progress bars.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         One row per (entity, pair), columns :data:`SAMPLE_COLUMNS`; ``attrs`` holds the settings.
@@ -119,6 +129,9 @@ def description_samples(
         PatchscopesError: No entity or pair, a prompt without placeholder, an unknown reference kind, or an
             invalid layer or mapping (checked before anything runs).
     """
+    store = open_run_dir(run_dir, command="description_samples", models=[source_model, target_model or source_model],
+                         data=entities, settings=settings_of(locals(), exclude=("source_model", "target_model",
+                                                                                 "entities")))
     start = time.perf_counter()
     entities = list(entities)
     if not entities:
@@ -144,12 +157,14 @@ def description_samples(
             scopes.append(Patchscope(Source(entity.name, layer, -1, model=source_model),
                                      Target(prompt, target_layer, "x", mapping=mapping, model=other), readout))
             keys.append((entity, layer, target_layer))
-    results = run(scopes, source_model, engine=engine, budget=budget, progress=progress)
+    results = run(scopes, source_model, engine=engine, budget=budget, executor=executor, run_dir=store,
+                  progress=progress)
 
     references: dict[str, str | None]
     if reference == "self":
         references = self_descriptions(target, [e.name for e in entities], prompt=prompt,
-                                       max_new_tokens=max_new_tokens, engine=engine, budget=budget)
+                                       max_new_tokens=max_new_tokens, engine=engine, budget=budget,
+                                       executor=executor, run_dir=store)
     else:
         references = {e.name: e.reference for e in entities}
     generated = [r.generated_text or "" for r in results]
@@ -181,6 +196,8 @@ def self_descriptions(
     max_new_tokens: int = 50,
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
+    executor: Executor | None = None,
+    run_dir: RunDir | None = None,
 ) -> dict[str, str]:
     """The model's own description of each name: ``prompt`` with the name in place of ``x``, unpatched.
 
@@ -194,7 +211,7 @@ def self_descriptions(
     for name in unique:
         text = self_prompt(prompt, name)
         scopes.append(Patchscope(Source(text, last, -1), Target(text, last, -1), readout))
-    results = run(scopes, model, engine=engine, budget=budget)
+    results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=run_dir)
     return {name: clean_description(r.generated_text or "") for name, r in zip(unique, results)}
 
 
@@ -202,7 +219,7 @@ def describe_entities(
     model: LanguageModel,
     entities: Sequence[Entity],
     *,
-    layers: str | int | Sequence[int] = DEFAULT_LAYERS,
+    layers: str | int | Sequence[int] | None = DEFAULT_LAYERS,
     **options,
 ) -> pd.DataFrame:
     """Experiment 3: describe each entity from its hidden state at each layer l (l* = l, f = identity).
@@ -210,7 +227,7 @@ def describe_entities(
     Args:
         model: The model (source and target).
         entities: The entities.
-        layers: Source layers (a SPEC; default ``"0:10"``, the paper's first ten layers).
+        layers: Source layers (a SPEC; default ``None``: the paper's first ten layers, or all of a smaller model).
         **options: The options of :func:`description_samples` (``reference``, ``sbert``, ``max_new_tokens``...).
 
     Returns:
@@ -222,7 +239,10 @@ def describe_entities(
         >>> samples = describe_entities(model, chosen, layers="0:10")
         >>> summarize_descriptions(samples)
     """
-    layer_list = parse_spec(layers, model.num_layers, what="layer")
+    if layers is None:
+        layer_list = list(range(min(FIRST_LAYERS, model.num_layers)))
+    else:
+        layer_list = parse_spec(layers, model.num_layers, what="layer")
     return description_samples(model, entities, [(layer, layer, None) for layer in layer_list], **options)
 
 

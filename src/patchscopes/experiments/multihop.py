@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -43,11 +44,12 @@ from tqdm.auto import tqdm
 
 from patchscopes.data.relations import mentions, normalize_text
 from patchscopes.data.two_hop import COT_TEMPLATE, TwoHopQuery, build_queries, split_queries
-from patchscopes.engine import BatchBudget, greedy_generate
+from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
-from patchscopes.experiments.knows_fact import knows_fact
+from patchscopes.experiments.knows_fact import generate_texts, knows_fact
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 
@@ -126,7 +128,7 @@ def control_donors(queries: Sequence[TwoHopQuery], direction: Direction) -> list
 
 def filter_known(
     model: LanguageModel, queries: Sequence[TwoHopQuery], *, max_new_tokens: int = 20, batch_size: int = 32,
-    progress: bool = False,
+    progress: bool = False, run_dir: RunDir | None = None,
 ) -> tuple[list[TwoHopQuery], dict[str, int], pd.DataFrame]:
     """Keep the queries whose two hops the model answers alone: the answer (or an alias) appears within
     ``max_new_tokens`` greedy tokens (:func:`patchscopes.experiments.knows_fact.knows_fact`).
@@ -148,7 +150,7 @@ def filter_known(
     bar = tqdm(total=len(keys), desc="hops", unit="prompt", disable=not progress)
     try:
         found = knows_fact(model, [k[0] for k in keys], [k[1] for k in keys], aliases=[checks[k] for k in keys],
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar)
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar, run_dir=run_dir)
     finally:
         bar.close()
     by_key = dict(zip(keys, found))
@@ -191,6 +193,8 @@ def multihop_samples(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """Run the multi-hop experiment; one row per (query, method, layer pair).
 
@@ -217,6 +221,10 @@ def multihop_samples(
         engine: ``"batched"`` or ``"reference"``.
         budget: Micro-batch limits of the batched engine.
         progress: Show progress bars.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         Columns :data:`RECORD_COLUMNS`: ``method`` is ``vanilla``, ``cot`` (layers empty), ``patchscope`` or
@@ -226,6 +234,8 @@ def multihop_samples(
     Raises:
         PatchscopesError: Bad options, or no query to start from.
     """
+    store = open_run_dir(run_dir, command="multihop_samples", models=[model], data=[relations, queries],
+                         settings=settings_of(locals(), exclude=("model", "relations", "queries")))
     start = time.perf_counter()
     if direction not in DIRECTIONS:
         raise PatchscopesError(f"unknown direction {direction!r}", hint=f"use {' or '.join(DIRECTIONS)}")
@@ -263,7 +273,8 @@ def multihop_samples(
     hops = pd.DataFrame(columns=["query_id", "hop", "prompt", "answer", "generated_text", "correct"])
     kept = queries
     if hop_filter:
-        kept, known_counts, hops = filter_known(model, queries, max_new_tokens=max_new_tokens, progress=progress)
+        kept, known_counts, hops = filter_known(model, queries, max_new_tokens=max_new_tokens, progress=progress,
+                                                run_dir=store)
         counts.update(known_counts)
     used = kept
     if max_queries is not None and len(kept) > max_queries:
@@ -277,8 +288,8 @@ def multihop_samples(
     rows: list[tuple] = []
     counts["control"] = 0
     if used:
-        vanilla = greedy_generate(model, [q.composed_prompt for q in used], max_new_tokens)
-        cot = greedy_generate(model, [q.cot_prompt for q in used], cot_tokens)
+        vanilla = generate_texts(model, [q.composed_prompt for q in used], max_new_tokens, run_dir=store)
+        cot = generate_texts(model, [q.cot_prompt for q in used], cot_tokens, run_dir=store)
         for q, v, c in zip(used, vanilla, cot):
             rows.append(_row(q, "vanilla", split_of[q.query_id], None, None, v))
             rows.append(_row(q, "cot", split_of[q.query_id], None, None, c))
@@ -296,7 +307,7 @@ def multihop_samples(
                 scopes = [multihop_scope(q, sl, t, direction, max_new_tokens,
                                          donor=donor_of[q.query_id] if method == "control" else None)
                           for q, method, sl, t in keys]
-                results = run(scopes, model, engine=engine, budget=budget)
+                results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store)
                 for (q, method, sl, t), result in zip(keys, results):
                     rows.append(_row(q, method, split_of[q.query_id], sl, t, result.generated_text))
                 bar.update(len(scopes))

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -42,6 +43,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.plots import add_band_line
 from patchscopes.presets import LOGIT_LENS, TOKEN_IDENTITY_PROMPT
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 
@@ -162,6 +164,8 @@ def next_token_samples(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """Run the experiment and return one row per (method, demonstration set, layer, sample).
 
@@ -181,6 +185,10 @@ def next_token_samples(
         engine: ``"batched"`` or ``"reference"``.
         budget: Micro-batch limits of the batched engine.
         progress: Show a progress bar.
+        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
+            Ray cluster).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
+            the same call given it again skips them.
 
     Returns:
         Columns ``method, set, layer, sample, document, position, final_token_id, predicted_token_id,
@@ -189,6 +197,8 @@ def next_token_samples(
     Raises:
         PatchscopesError: Bad options, a lens of another model, or no usable document.
     """
+    store = open_run_dir(run_dir, command="next_token_samples", models=[model], data=documents,
+                         settings=settings_of(locals(), exclude=("model", "documents")))
     start = time.perf_counter()
     lenses = list(lenses)
     for lens in lenses:
@@ -244,7 +254,7 @@ def next_token_samples(
                     for name, j, prompt in targets:
                         scopes.append(Patchscope(source, Target(prompt, layer, -1), identity_readout))
                         keys.append((name, j, layer, s_index))
-            results = run(scopes, model, engine=engine, budget=budget)
+            results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store)
             logprobs = {}
             for offset, sample_index in zip(finals, part):
                 logits = results[offset].readings.logits

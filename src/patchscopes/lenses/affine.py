@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,11 @@ from patchscopes.lenses.base import (
 from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.runs import RunDir, open_run_dir, settings_of
+
+CHECKPOINT_SECONDS = 60.0
+"""Seconds between two saves of an affine fit's running sums in its run directory (the sums of a 7B model take
+gigabytes: saving after every batch would cost more than the batches)."""
 
 
 # -- affine lens -----------------------------------------------------------------------------------------
@@ -39,6 +45,17 @@ class AffineAccumulator:
         self.sy += y.sum(0)
         self.sxx += x.T @ x
         self.sxy += x.T @ y
+
+    def state(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The running sums as tensors (names prefixed by ``prefix``), to save and :meth:`restore`."""
+        return {f"{prefix}n": torch.tensor([self.n], dtype=torch.long), f"{prefix}sx": self.sx,
+                f"{prefix}sy": self.sy, f"{prefix}sxx": self.sxx, f"{prefix}sxy": self.sxy}
+
+    def restore(self, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Take back the sums :meth:`state` gave."""
+        self.n = int(tensors[f"{prefix}n"][0])
+        self.sx, self.sy = tensors[f"{prefix}sx"], tensors[f"{prefix}sy"]
+        self.sxx, self.sxy = tensors[f"{prefix}sxx"], tensors[f"{prefix}sxy"]
 
     def solve(self, ridge: float = 0.0) -> Affine:
         """The map minimizing mean ‖x Wᵀ + b − y‖² + ridge · ‖W‖² (the bias is not penalized)."""
@@ -74,6 +91,11 @@ def fit_affine(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> Affine:
     return acc.solve(ridge)
 
 
+def _save_sums(store: RunDir, accs: Sequence[AffineAccumulator], batches: int) -> None:
+    sums = {k: v for layer, acc in enumerate(accs) for k, v in acc.state(f"{layer}.").items()}
+    store.save_state("affine-lens", sums, {"batches": batches})
+
+
 def fit_affine_lens(
     model: LanguageModel,
     documents: Sequence[Document | str],
@@ -85,6 +107,7 @@ def fit_affine_lens(
     batch_size: int = 32,
     progress: bool = False,
     extra_config: dict | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> Lens:
     """Fit the paper's affine lens: per layer l, least squares with bias from h_l to h_{L-1}.
 
@@ -98,19 +121,34 @@ def fit_affine_lens(
         batch_size: Windows per forward pass.
         progress: Show a progress bar.
         extra_config: More entries for the saved config (e.g. the files and the split).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the running sums are
+            saved there every :data:`CHECKPOINT_SECONDS` seconds, and a fit given it again goes on from them.
 
     Returns:
         The lens; the last layer's map is the identity.
     """
+    store = open_run_dir(run_dir, command="fit_affine_lens", models=[model], data=documents,
+                         settings=settings_of(locals(), exclude=("model", "documents", "extra_config")))
     data = plan_fit_data(model, documents, samples=samples, max_tokens=max_tokens, seed=seed)
     last = model.num_layers - 1
     d = model.hidden_size
     accs = [AffineAccumulator(d, d) for _ in range(last)]
     start = time.perf_counter()
-    for hidden in iter_hidden(model, data, batch_size=batch_size, progress=progress, desc="affine lens"):
+    saved = store.load_state("affine-lens") if store is not None else None
+    resumed = saved[1]["batches"] if saved is not None else 0
+    for layer, acc in enumerate(accs if saved is not None else []):
+        acc.restore(saved[0], f"{layer}.")
+    batches = iter_hidden(model, data, batch_size=batch_size, progress=progress, desc="affine lens", skip=resumed)
+    saved_at, done = time.monotonic(), resumed
+    for done, hidden in enumerate(batches, start=resumed + 1):
         y = hidden[:, last]
         for layer, acc in enumerate(accs):
             acc.add(hidden[:, layer], y)
+        if store is not None and time.monotonic() - saved_at >= CHECKPOINT_SECONDS:
+            saved_at = time.monotonic()
+            _save_sums(store, accs, done)
+    if store is not None and done > resumed:
+        _save_sums(store, accs, done)  # all of them: a run again only solves
     maps = {layer: acc.solve(ridge) for layer, acc in enumerate(accs)}
     maps[last] = identity_map(d)
     config = {

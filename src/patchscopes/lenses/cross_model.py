@@ -46,6 +46,7 @@ from patchscopes.lenses.base import compare_identity, digest_key, model_identity
 from patchscopes.lenses.fit_data import capture_all_layers
 from patchscopes.mappings import Affine, affine_metadata
 from patchscopes.models import LanguageModel
+from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.specs import Spec, parse_spec
 
 FORMAT = "patchscopes-cross-model-map"
@@ -398,6 +399,7 @@ def fit_cross_model_map(
     batch_size: int = 16,
     progress: bool = False,
     extra_config: dict | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> CrossModelMap:
     """Fit an affine map (least squares with bias, optional ridge) from A's layer l to B's layer l* for every pair.
 
@@ -414,10 +416,14 @@ def fit_cross_model_map(
         batch_size: Windows per forward pass.
         progress: Show progress bars.
         extra_config: More entries for the saved config (e.g. the files and the split).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the aligned hidden states
+            are kept there once read, and a fit given it again reads them back instead of running the models.
 
     Raises:
         PatchscopesError: Bad layers, no aligned position, or too few samples.
     """
+    store = open_run_dir(run_dir, command="fit_cross_model_map", models=[source, target], data=documents,
+                         settings=settings_of(locals(), exclude=("source", "target", "documents", "extra_config")))
     start = time.perf_counter()
     if samples < 1:
         raise PatchscopesError(f"samples must be at least 1, got {samples}")
@@ -440,8 +446,16 @@ def fit_cross_model_map(
         total += len(pairs)
     if total <= 1:
         raise PatchscopesError(f"only {total} aligned position(s) to fit on", hint="give more text")
-    xs, ys = collect_aligned_states(source, target, chosen, layers=src_layers, target_layers=tgt_layers,
-                                    batch_size=batch_size, progress=progress)
+    saved = store.load_state("aligned-states") if store is not None else None
+    if saved is not None:
+        xs = {layer: saved[0][f"source.{layer}"] for layer in src_layers}
+        ys = {layer: saved[0][f"target.{layer}"] for layer in tgt_layers}
+    else:
+        xs, ys = collect_aligned_states(source, target, chosen, layers=src_layers, target_layers=tgt_layers,
+                                        batch_size=batch_size, progress=progress)
+        if store is not None:
+            store.save_state("aligned-states", {**{f"source.{k}": v for k, v in xs.items()},
+                                                **{f"target.{k}": v for k, v in ys.items()}}, {})
     maps: dict[tuple[int, int], Affine] = {}
     r2: dict[str, float] = {}
     bar = tqdm(total=len(src_layers) * len(tgt_layers), desc="fitting", unit="map", disable=not progress)

@@ -107,13 +107,16 @@ def capture_all_layers(
 
 
 def iter_hidden(
-    model: LanguageModel, data: FitData, *, batch_size: int = 32, progress: bool = False, desc: str = "reading"
+    model: LanguageModel, data: FitData, *, batch_size: int = 32, progress: bool = False, desc: str = "reading",
+    skip: int = 0,
 ):
-    """Yield ``(n, L, d)`` hidden states of ``data`` batch by batch (windows sorted by length)."""
+    """Yield ``(n, L, d)`` hidden states of ``data`` batch by batch (windows sorted by length), after the first
+    ``skip`` batches (a resumed fit has them already)."""
     order = sorted(range(len(data.windows)), key=lambda i: len(data.windows[i].ids))
     bar = tqdm(total=data.samples, desc=desc, unit="vec", disable=not progress)
     try:
-        for start in range(0, len(order), batch_size):
+        bar.update(sum(len(data.positions[i]) for i in order[: skip * batch_size]))
+        for start in range(skip * batch_size, len(order), batch_size):
             part = order[start: start + batch_size]
             seqs = [data.windows[i].ids[: max(data.positions[i]) + 1] for i in part]
             hidden = capture_all_layers(model, seqs, [data.positions[i] for i in part])

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.models.architectures import ArchitectureSpec, resolve_architecture
+from patchscopes.models.architectures import ArchitectureSpec, registered_architecture, resolve_architecture
+from patchscopes.models.discovery import discover_architecture
+from patchscopes.models.proof import FastPathSupport, prove_layout
 
 
 class LanguageModel:
@@ -23,7 +25,17 @@ class LanguageModel:
         hf_model: A Hugging Face ``*ForCausalLM`` model.
         tokenizer: Its tokenizer.
         name: A name for messages and result tables.
-        spec: The architecture description; by default the registered one for the model type.
+        spec: The architecture description; by default the one registered for the model type or class, or
+            else the layout found from the model itself (:func:`~patchscopes.models.discovery.discover_architecture`).
+
+        proof: The outcome of a proof already made on the same weights, layout, device and dtype
+            (:func:`load_model` keeps one per checkpoint); by default the layout is proved here.
+
+    The layout is proved on a few tokens (:func:`~patchscopes.models.proof.prove_layout`); :attr:`fast_path`
+    says whether the batched engine's fast path is exact on this model.
+
+    Raises:
+        PatchscopesError: The layout cannot be found, or fails the proof.
     """
 
     def __init__(
@@ -33,14 +45,18 @@ class LanguageModel:
         *,
         name: str | None = None,
         spec: ArchitectureSpec | None = None,
+        proof: FastPathSupport | None = None,
     ) -> None:
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(hf_model.config, "_name_or_path", None) or type(hf_model).__name__
-        self.arch = resolve_architecture(hf_model, spec)
+        self.arch = resolve_architecture(
+            hf_model, spec or registered_architecture(hf_model) or discover_architecture(hf_model))
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._accepts_logits_to_keep = "logits_to_keep" in params
+        self._token_texts: dict[int, str] = {}
+        self.fast_path: FastPathSupport = proof if proof is not None else prove_layout(self)
 
     def __repr__(self) -> str:
         return (
@@ -74,14 +90,43 @@ class LanguageModel:
         """The dtype of the residual stream."""
         return self.arch.embed.weight.dtype
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model reads (its config's ``max_position_embeddings``); ``None`` if unknown."""
+        n = getattr(self.hf.config, "max_position_embeddings", None)
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def check_length(self, n_positions: int, what: str = "prompt") -> None:
+        """Refuse ``what`` (a prompt, or a prompt and the tokens to generate after it) when its
+        ``n_positions`` exceed :attr:`context_length`, rather than run it past what the model was made for.
+
+        Raises:
+            PatchscopesError: Too many positions.
+        """
+        limit = self.context_length
+        if limit is not None and n_positions > limit:
+            raise PatchscopesError(
+                f"the {what} takes {n_positions} positions, more than the {limit} {self.name} can read",
+                hint="shorten it (keep the part around the tokens you inspect), or use a model with a longer context",
+            )
+
     # -- tokens -----------------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         """Token ids of ``prompt``, with the special tokens the tokenizer adds (positions index these)."""
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Each token decoded on its own."""
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+        """Each token decoded on its own (each id decoded once per model, then remembered: a sweep reads the
+        same few thousand tokens hundreds of thousands of times)."""
+        known = self._token_texts
+        out = []
+        for i in ids:
+            i = int(i)
+            text = known.get(i)
+            if text is None:
+                text = known[i] = self.tokenizer.decode([i])
+            out.append(text)
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens."""
@@ -116,10 +161,7 @@ class LanguageModel:
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, unembedding and soft-capping applied to residual-stream vectors (logit lens)."""
-        logits = self.arch.unembed(self.final_normed(hidden))
-        if self.arch.softcap is not None:
-            logits = torch.tanh(logits / self.arch.softcap) * self.arch.softcap
-        return logits
+        return self.arch.transform_logits(self.arch.unembed(self.final_normed(hidden)))
 
     def forward(
         self,

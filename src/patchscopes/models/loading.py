@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import shutil
 import tempfile
@@ -14,12 +15,18 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models.architectures import ArchitectureSpec
 from patchscopes.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, converted_dir, is_converted, mark_converted
 from patchscopes.models.language_model import LanguageModel
+from patchscopes.models.proof import FastPathSupport
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+
+
+# Proofs of checkpoints loaded from disk in this process, by (folder, its modification time, device, dtype,
+# layout): loading the same weights again reuses the outcome instead of proving them again.
+_PROVEN: dict[tuple, FastPathSupport] = {}
 
 
 @contextlib.contextmanager
@@ -90,6 +97,48 @@ def _convert_gguf(gguf_file: Path) -> Path:
     return target
 
 
+def _from_pretrained(source: str | Path, kwargs: dict):
+    """The causal LM at ``source``; for a multimodal model with no causal-LM class (LLaVA, Qwen-VL...), its
+    image-text-to-text model, whose language part patchscopes reads with text prompts."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        return AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``): only cached hub models load."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return bool(constants.HF_HUB_OFFLINE) or flag in {"1", "true", "yes", "on"}
+
+
+def alias_guesses(name: str) -> list[str]:
+    """The embedded aliases ``name`` may be a typo or a shortening of, closest first."""
+    key = name.strip().lower()
+    starts = [alias for alias in EMBEDDED_MODELS if alias.startswith(key) or key.startswith(alias)]
+    close = difflib.get_close_matches(key, list(EMBEDDED_MODELS), n=3, cutoff=0.6)
+    return list(dict.fromkeys([*starts, *close]))
+
+
+def unknown_model_error(name: str, *, offline: bool = False) -> PatchscopesError:
+    """The error for a name that is no alias, file or folder (and, ``offline``, not in the hub's cache)."""
+    guesses = alias_guesses(name)
+    guess = f" — did you mean {guesses[0]!r}?" if guesses else ""
+    where = (": not an alias, a file or a folder, and not in the local Hugging Face cache (the hub is offline, "
+             "HF_HUB_OFFLINE=1)") if offline and not guesses else ""
+    return PatchscopesError(
+        f"unknown model {name!r}{guess}{where}",
+        hint=f"the aliases are {', '.join(EMBEDDED_MODELS)} (see `patchscopes models`); or give a .gguf file, a "
+        "model folder, or a hub id",
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -114,7 +163,7 @@ def load_model(
         PatchscopesError: The name is unknown, an embedded package is missing (the message prints the
             install command), the GGUF file is corrupt, or the architecture is unknown.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not isinstance(name, str) or not name.strip():
         raise PatchscopesError("the model name is empty", hint=f"use e.g. {DEFAULT_MODEL!r}")
@@ -135,6 +184,9 @@ def load_model(
                 f"{name} is not a Hugging Face model folder (it has no config.json)",
                 hint="point to a folder written by save_pretrained, or to a .gguf file",
             )
+    elif "/" not in name and alias_guesses(name):
+        # A typo of an alias (smollm2 for smollm2-135m), not a hub id: say so rather than ask the hub.
+        raise unknown_model_error(name)
     kwargs: dict = {}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -143,9 +195,17 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         with quiet_transformers():
-            hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            hf_model = _from_pretrained(source, kwargs)
     except PatchscopesError:
         raise
+    except OSError as err:
+        if source == name and hub_offline():
+            raise unknown_model_error(name, offline=True) from err
+        raise PatchscopesError(
+            f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            hint=f"use an embedded alias ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local model folder, "
+            "or a hub id where the Hugging Face hub is reachable",
+        ) from err
     except Exception as err:
         raise PatchscopesError(
             f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
@@ -160,4 +220,10 @@ def load_model(
                 f"could not move the model to device {device!r}: {err}",
                 hint="use 'cpu', or a device this machine has (see torch.cuda.is_available())",
             ) from err
-    return LanguageModel(hf_model, tokenizer, name=display, spec=spec)
+    key = None
+    if isinstance(source, Path) and source.is_dir():
+        key = (str(source.resolve()), (source / "config.json").stat().st_mtime_ns, device, str(hf_model.dtype), spec)
+    model = LanguageModel(hf_model, tokenizer, name=display, spec=spec, proof=_PROVEN.get(key))
+    if key is not None:
+        _PROVEN[key] = model.fast_path
+    return model

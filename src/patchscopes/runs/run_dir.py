@@ -1,0 +1,232 @@
+"""Run directories: a manifest and one file per finished shard, so a killed run loses only unfinished shards.
+
+Layout of a run directory::
+
+    DIR/manifest.json              command, settings, model identities, data fingerprint (refuses a mix)
+    DIR/shards/<key>.jsonl         one JSON record per job of a finished shard, keyed by the shard's content
+    DIR/shards/<key>.safetensors   the shard's tensors (full logits), where it has any
+    DIR/steps/<key>.json           results of other finished steps (a fact check, say)
+DIR/states/<name>.safetensors  the latest saved state of a long computation (a fit's running sums)
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed over its final name,
+so a reader sees either nothing or the whole file: a shard cut off by a kill is missing and is redone, never
+half-read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from patchscopes.errors import PatchscopesError
+from patchscopes.models import LanguageModel
+from patchscopes.runs.fingerprint import canonical, fingerprint, model_identity
+
+T = TypeVar("T")
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "patchscopes-run"
+VERSION = 1
+_COMPARED = ("command", "settings", "models", "data")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk and rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class RunDir:
+    """A run directory: its manifest and finished shards. Open one with :meth:`open`.
+
+    Attributes:
+        path: The folder.
+        manifest: The manifest (as written in ``manifest.json``).
+    """
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        command: str,
+        settings: dict,
+        models: Sequence[LanguageModel] = (),
+        data: object = None,
+    ) -> RunDir:
+        """Open ``path`` for a run, creating it, or resuming it when it holds the same run.
+
+        Args:
+            path: The folder (created if missing).
+            command: What runs (a CLI command or a function's name).
+            settings: Every setting that changes the results (not output paths, progress bars or workers).
+            models: The models the run uses; their identities (:func:`model_identity`) go in the manifest.
+            data: The inputs (texts, relations, paths of data files...); only their fingerprint is kept.
+
+        Raises:
+            PatchscopesError: The folder holds a run of another command, settings, model or data, or is not a
+                run directory.
+        """
+        path = Path(path)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "command": command, "settings": canonical(settings),
+            "models": [model_identity(m) for m in models], "data": fingerprint(data),
+        }
+        file = path / MANIFEST_FILE
+        if file.is_file():
+            try:
+                old = json.loads(file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise PatchscopesError(f"{file} is not a readable manifest: {err}",
+                                       hint="give another --run-dir, or delete this one") from err
+            if old.get("format") != FORMAT:
+                raise PatchscopesError(f"{path} is not a patchscopes run directory")
+            differ = [key for key in _COMPARED if old.get(key) != json.loads(json.dumps(manifest[key]))]
+            if differ:
+                raise PatchscopesError(
+                    f"{path} holds a run of {_describe_difference(old, manifest, differ)}; its shards cannot be "
+                    "mixed with this run's",
+                    hint="give another --run-dir (or delete this one to start afresh)",
+                )
+            return cls(path, old)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise PatchscopesError(f"{path} exists and is not a run directory (it has no {MANIFEST_FILE})",
+                                   hint="give a new or empty folder as --run-dir")
+        manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_text_atomic(file, json.dumps(manifest, indent=1, ensure_ascii=False))
+        return cls(path, manifest)
+
+    # -- shards ------------------------------------------------------------------------------------------------
+    def _shard(self, key: str, suffix: str) -> Path:
+        return self.path / "shards" / f"{key}{suffix}"
+
+    def finished(self) -> list[str]:
+        """Keys of the finished shards."""
+        folder = self.path / "shards"
+        return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+
+    def read_shard(self, key: str) -> tuple[list[dict], dict[str, torch.Tensor]] | None:
+        """The records and tensors of a finished shard, or ``None`` if it has not finished."""
+        file = self._shard(key, ".jsonl")
+        if not file.is_file():
+            return None
+        records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+        tensors_file = self._shard(key, ".safetensors")
+        tensors = load_file(tensors_file) if tensors_file.is_file() else {}
+        return records, tensors
+
+    def write_shard(self, key: str, records: Iterable[dict], tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write a finished shard; its tensors first, so the records file marks it complete."""
+        if tensors:
+            atomic_write(self._shard(key, ".safetensors"),
+                         lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_text_atomic(self._shard(key, ".jsonl"), text)
+
+    # -- other steps -------------------------------------------------------------------------------------------
+    def cached(self, name: str, key: object, compute: Callable[[], T]) -> T:
+        """The JSON-ready result of a step: read back if a previous run finished it, else computed and saved.
+
+        Args:
+            name: The step's name (a readable prefix of the file name).
+            key: What the step's result depends on (fingerprinted).
+            compute: Computes the result (JSON-ready: dicts, lists, strings, numbers, booleans, None).
+        """
+        file = self.path / "steps" / f"{name}-{fingerprint(key)[:24]}.json"
+        if file.is_file():
+            return json.loads(file.read_text(encoding="utf-8"))
+        value = compute()
+        write_text_atomic(file, json.dumps(value, ensure_ascii=False))
+        return json.loads(json.dumps(value))  # the same form a resumed run reads back
+
+
+    # -- states of long computations ---------------------------------------------------------------------------
+    def save_state(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Save the state of a long computation (tensors, and JSON-ready ``meta``), replacing the previous one."""
+        atomic_write(self.path / "states" / f"{name}.safetensors",
+                     lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                                           metadata={"state": json.dumps(meta)}))
+
+    def load_state(self, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The state saved last under ``name`` (tensors, meta), or ``None``."""
+        file = self.path / "states" / f"{name}.safetensors"
+        if not file.is_file():
+            return None
+        with safe_open(str(file), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["state"])
+        return load_file(file), meta
+
+    def file(self, name: str) -> Path:
+        """A path in the run directory for a step that keeps its own file (a tuned lens's checkpoint)."""
+        return self.path / name
+
+
+def _describe_difference(old: dict, new: dict, differ: list[str]) -> str:
+    parts = []
+    if "command" in differ:
+        parts.append(f"another command ({old.get('command')!r}, not {new['command']!r})")
+    if "settings" in differ:
+        a, b = old.get("settings") or {}, json.loads(json.dumps(new["settings"]))
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        parts.append("other settings (" + ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:6]) + ")")
+    if "models" in differ:
+        a_names = [m.get("name") for m in old.get("models", [])]
+        b_names = [m["name"] for m in new["models"]]
+        parts.append(f"another model ({', '.join(map(str, a_names))}, not {', '.join(b_names)})"
+                     if a_names != b_names else "another model (same name, other weights, dtype or config)")
+    if "data" in differ:
+        parts.append("other data (the input's fingerprint differs)")
+    return ", ".join(parts)
+
+
+def open_run_dir(
+    run_dir: RunDir | str | Path | None,
+    *,
+    command: str,
+    settings: dict,
+    models: Sequence[LanguageModel] = (),
+    data: object = None,
+) -> RunDir | None:
+    """``None`` stays ``None``, an open :class:`RunDir` is used as it is, and a path is opened (:meth:`RunDir.open`)."""
+    if run_dir is None or isinstance(run_dir, RunDir):
+        return run_dir
+    return RunDir.open(run_dir, command=command, settings=settings, models=models, data=data)
+
+
+NOT_SETTINGS = ("executor", "run_dir", "progress")
+"""Arguments that never change a run's results, left out of its manifest."""
+
+
+def settings_of(arguments: dict, exclude: Sequence[str] = ()) -> dict:
+    """A function's arguments (its ``locals()`` on entry) as run settings, without those that do not change the
+    results (:data:`NOT_SETTINGS`) and those in ``exclude`` (models and data, recorded on their own)."""
+    return {k: v for k, v in arguments.items() if k not in NOT_SETTINGS and k not in exclude}
