@@ -24,6 +24,7 @@ from patchscopes.experiments.attributes import AttributeResults, attributes_figu
 from patchscopes.experiments.causal_tracing import CausalTrace, causal_trace
 from patchscopes.experiments.cross_model import cross_model_samples, summarize_cross_model
 from patchscopes.experiments.entities import describe_entities, summarize_descriptions
+from patchscopes.experiments.future_lens import evaluate_future, future_figure
 from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples, summarize_multihop
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
@@ -31,12 +32,16 @@ from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.experiments.scoring import SentenceEmbedder, rouge_scores, score_descriptions
 from patchscopes.lenses import (
     CrossModelMap,
+    FutureLens,
     Lens,
+    LinearRelation,
     TunedLensSettings,
     aligned_positions,
     fit_affine,
     fit_affine_lens,
     fit_cross_model_map,
+    fit_future_lens,
+    fit_lre,
     train_tuned_lens,
 )
 from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
@@ -79,6 +84,7 @@ from patchscopes.scope import (
     Target,
     Write,
 )
+from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
 
@@ -108,12 +114,14 @@ __all__ = [
     "Executor",
     "FastPathSupport",
     "FunctionMapping",
+    "FutureLens",
     "Generate",
     "HeatmapView",
     "Identity",
     "KnockoutResult",
     "LanguageModel",
     "Lens",
+    "LinearRelation",
     "LocalExecutor",
     "Mapping",
     "ModelSpec",
@@ -127,6 +135,7 @@ __all__ = [
     "Relation",
     "RunDir",
     "SentenceEmbedder",
+    "SoftPrompt",
     "Source",
     "Target",
     "TunedLensSettings",
@@ -143,11 +152,15 @@ __all__ = [
     "discover_architecture",
     "embedded_status",
     "evaluate_attributes",
+    "evaluate_future",
     "evaluate_multihop",
     "evaluate_next_token",
     "fit_affine",
     "fit_affine_lens",
     "fit_cross_model_map",
+    "fit_future_lens",
+    "fit_lre",
+    "future_figure",
     "get_preset",
     "greedy_generate",
     "known_model_types",

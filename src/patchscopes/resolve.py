@@ -16,6 +16,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
 from patchscopes.scope import EMBEDDINGS as EMBEDDINGS_NAME
 from patchscopes.scope import AttentionKnockout, EmbeddingNoise, Patchscope, Target, resolve_position, token_span
+from patchscopes.soft_prompt import SoftPrompt
 
 
 def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> list[Job]:
@@ -93,20 +94,27 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             )
         if tgt_model is None:
             raise PatchscopesError("no model to run the target on", hint="pass model=... or set Target(model=...)")
-        tgt_ids = encode(tgt_model, tgt.prompt, "target prompt")
+        embeds = None
+        tgt_prompt = tgt.prompt
+        if isinstance(tgt_prompt, SoftPrompt):  # token ids with placeholders where the vectors go
+            tgt_prompt.check_model(tgt_model)
+            before, after = tgt_prompt.token_layout(tgt_model)
+            embeds = (len(before), tgt_prompt.vectors.detach())
+            tgt_prompt = tuple(before + [tgt_model.pad_token_id] * len(tgt_prompt) + after)
+        tgt_ids = encode(tgt_model, tgt_prompt, "target prompt")
         if src is not None:
             src_ids = encode(src_model, src.prompt, "source prompt")
             src_layer = layer_of(src_model, src.layer, src.site, "source layer")
             src_pos = position_of(src_model, src.prompt, src_ids, src.position, "source position")
             tgt_layer = layer_of(tgt_model, tgt.layer, tgt.site, "target layer")
-            tgt_pos = position_of(tgt_model, tgt.prompt, tgt_ids, tgt.position, "target position")
+            tgt_pos = position_of(tgt_model, tgt_prompt, tgt_ids, tgt.position, "target position")
         else:
             src_model, src_ids, src_layer, src_pos, tgt_layer, tgt_pos = None, (), -1, -1, -1, -1
         extras = _interventions(tgt_model, tgt, tgt_ids, resolved)
         readout = scope.readout
         readout_pos = None
         if isinstance(readout, NextToken):
-            readout_pos = position_of(tgt_model, tgt.prompt, tgt_ids, readout.position, "readout position")
+            readout_pos = position_of(tgt_model, tgt_prompt, tgt_ids, readout.position, "readout position")
             changed = [p for p in (tgt_pos, *extras["changed"]) if p >= 0]
             if changed and readout_pos < min(changed):
                 raise PatchscopesError(
@@ -136,10 +144,10 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             Job(index, src_model, tuple(src_ids), src_layer, src_pos, tgt_model, tuple(tgt_ids),
                 tgt_layer, tgt_pos, mapping, readout, readout_pos,
                 source_text=None if src is None else text(src_model, src.prompt),
-                target_text=text(tgt_model, tgt.prompt),
+                target_text=repr(tgt.prompt) if embeds is not None else text(tgt_model, tgt.prompt),
                 add=tgt.add, writes=extras["writes"], noise=extras["noise"], knockout=extras["knockout"],
                 answer_ids=answer_ids, source_site=src.site if src is not None else "block",
-                target_site=tgt.site)
+                target_site=tgt.site, target_embeds=embeds)
         )
     return jobs
 

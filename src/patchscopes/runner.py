@@ -11,6 +11,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from patchscopes.engine import BatchBudget, Job, Readings, target_run
+from patchscopes.engine.soft import soft_key
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
@@ -115,8 +116,9 @@ def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> Non
     """Run each distinct target once without a patch and attach its readings to the results."""
     cache: dict[tuple, Readings] = {}
     for job, result in zip(jobs, results):
-        key = (id(job.target_model), job.target_ids, job.readout_position, job.readout)
+        soft = None if job.target_embeds is None else soft_key(job.target_embeds)
+        key = (id(job.target_model), job.target_ids, soft, job.readout_position, job.readout)
         if key not in cache:
             cache[key] = target_run(job.target_model, job.target_ids, job.readout,
-                                    readout_position=job.readout_position, patch=None)
+                                    readout_position=job.readout_position, patch=None, embeds=job.target_embeds)
         result.baseline = cache[key]

@@ -28,6 +28,7 @@ from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readou
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import Mapping
 from patchscopes.models import LanguageModel
+from patchscopes.soft_prompt import SoftPrompt
 
 __all__ = [
     "EMBEDDINGS", "AnswerProbs", "AttentionKnockout", "EmbeddingNoise", "Generate", "NextToken", "Patchscope",
@@ -117,7 +118,8 @@ class Target:
     """Where f(h) goes: (T, i*, f, M*, l*).
 
     Attributes:
-        prompt: T, the target prompt: text, or a tuple of token ids used as given.
+        prompt: T, the target prompt: text, a tuple of token ids used as given, or a
+            :class:`~patchscopes.soft_prompt.SoftPrompt` (input vectors, with text around them).
         layer: l*, the decoder block whose output is overwritten.
         position: i*, a token index or a substring such as the placeholder ``"x"``.
         mapping: f; ``None`` is the identity. A :class:`~patchscopes.mappings.Affine`, any callable
@@ -130,7 +132,7 @@ class Target:
         knockout: Attention edges to cut (:class:`AttentionKnockout`).
     """
 
-    prompt: str | tuple[int, ...]
+    prompt: str | tuple[int, ...] | SoftPrompt
     layer: Layer
     position: int | str = -1
     mapping: Mapping | object | None = None

@@ -12,6 +12,7 @@ from patchscopes.cli import eval_next_token_cmd, lens_cmd  # noqa: F401  isort: 
 from patchscopes.cli import eval_attributes_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import crossmodel_cmd, eval_entities_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import eval_multihop_cmd  # noqa: F401  isort: skip
+from patchscopes.cli import future_cmd, lre_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import serve_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import knockout_cmd, trace_cmd  # noqa: F401  isort: skip
 

@@ -25,12 +25,15 @@ from patchscopes.data.text import DATA_DIR_ENV, read_documents
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attributes import (
     DEFAULT_MAX_SAMPLES,
+    DEFAULT_METHODS,
     DEFAULT_SOURCE_LAYERS,
     DEFAULT_TARGET_LAYERS,
+    METHODS,
     AttributeResults,
     attributes_figure,
     evaluate_attributes,
 )
+from patchscopes.lenses.lre import DEFAULT_EXAMPLES
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 from patchscopes.results import save_results
@@ -128,6 +131,16 @@ def attributes_command(
         Path | None, typer.Option("--details", metavar="FILE", help="Write every patched generation (.json, "
                                   ".csv or .parquet).")
     ] = None,
+    methods: opt.methods_option("Methods, comma-separated: patchscope, probe, lre (the LRE attribute lens of "
+                                "Hernandez et al., with its faithfulness).  [default: patchscope,probe]") = None,
+    lre_examples: Annotated[
+        int, typer.Option("--lre-examples", metavar="N", callback=opt.at_least(2),
+                          help="In-context examples per LRE (the paper: 8).")
+    ] = DEFAULT_EXAMPLES,
+    lre_beta: Annotated[
+        float | None, typer.Option("--lre-beta", metavar="B", show_default=False,
+                                   help="β of the LREs.  [default: chosen on the fitting examples]")
+    ] = None,
     *,
     runtime: opt.Runtime,
     runs: opt.Runs,
@@ -143,6 +156,12 @@ def attributes_command(
           --corpus wiki.txt --json attributes.json --plot attributes.html
     """
     arguments = dict(locals())
+    method_list = opt.parse_methods(methods) or list(DEFAULT_METHODS)
+    bad = [m for m in method_list if m not in METHODS]
+    if bad:
+        raise PatchscopesError(f"unknown --methods {', '.join(bad)}", hint=f"use some of {', '.join(METHODS)}")
+    if lre_beta is not None and not lre_beta > 0:
+        raise PatchscopesError(f"--lre-beta must be positive, got {lre_beta}")
     if probe_cv not in ("samples", "subjects"):
         raise PatchscopesError(f"unknown --probe-cv {probe_cv!r}", hint="use samples or subjects")
     opt.check_output_paths(json_path, plot)
@@ -171,6 +190,7 @@ def attributes_command(
         corpus=list(documents) if documents is not None else None, contexts_per_subject=contexts_per_subject,
         max_new_tokens=max_new_tokens, fact_filter=fact_filter, folds=folds, probe_cv=probe_cv,  # type: ignore[arg-type]
         seed=seed, engine=runtime.engine, progress=True, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
+        methods=method_list, lre_examples=lre_examples, lre_beta=lre_beta,
     )
     seconds = time.perf_counter() - start
     console.print(counts_table(results))
@@ -181,13 +201,16 @@ def attributes_command(
         f"patchscope: correct if the object appears in {max_new_tokens} generated tokens for some target layer, "
         f"mean ± std over source layers; probe: {folds}-fold logistic regression over {probe_cv}, mean ± std over "
         "the same layers; winner by paired t-test over layers, Bonferroni-corrected (p < 0.05); "
+        + ("LRE: the attribute lens (T = S, l* = L-1) correct if its top token starts the object, mean ± std over "
+           "source layers; faithful: its top token equals the model's own on the in-context prompt (mean over "
+           "layers · best layer); " if "lre" in method_list else "") +
         f"{seconds:.0f} s", style="dim"), soft_wrap=True)
     if json_path is not None:
         extra = {"model": lm.name, "seconds": round(seconds, 1)}
         write_json([{**r, **extra} for r in results.records()], json_path)
         wrote("JSON", json_path)
     if plot is not None:
-        if results.patchscope.empty:
+        if results.patchscope.empty and results.lre.empty:
             console.print(Text("no figure: no relation has a known sample", style="yellow"))
         else:
             save_figure(attributes_figure(results), plot)
@@ -231,11 +254,20 @@ def summary_table(results: AttributeResults, *, title: str | None = None) -> Tab
                           ("p (Bonferroni)", "right"),
                           ("significant", "left"), ("paper GPT-J\nprobe · patchscope", "right")):
         table.add_column(Text(name), justify=justify)  # type: ignore[arg-type]
+    with_lre = not results.lre.empty or not results.faithfulness.empty
+    if with_lre:
+        table.add_column(Text("LRE %"), justify="right")
+        table.add_column(Text("faithful %\nmean · best (layer)"), justify="right")
     for r in summary.itertuples():
         winner = {"patchscope": "patchscope ✓", "probe": "probe ✓", "tie": "tie", "n/a": "–"}[r.winner]
         paper = "" if math.isnan(r.paper_probe) else f"{r.paper_probe:.1f} · {r.paper_patchscope:.1f}"
         p = "–" if math.isnan(r.p_bonferroni) else f"{r.p_bonferroni:.2g}"
         majority = "–" if math.isnan(r.majority) else f"{100 * r.majority:.1f}"
-        table.add_row(Text(r.relation), f"{r.samples} / {r.probe_samples}", str(r.classes), majority,
-                      _pm(r.probe_mean, r.probe_std), _pm(r.patchscope_mean, r.patchscope_std), p, winner, paper)
+        cells = [Text(r.relation), f"{r.samples} / {r.probe_samples}", str(r.classes), majority,
+                 _pm(r.probe_mean, r.probe_std), _pm(r.patchscope_mean, r.patchscope_std), p, winner, paper]
+        if with_lre:
+            faith = ("–" if math.isnan(r.lre_faithfulness) else
+                     f"{100 * r.lre_faithfulness:.1f} · {100 * r.lre_faithfulness_best:.1f} ({r.lre_best_layer})")
+            cells += [_pm(r.lre_mean, r.lre_std), faith]
+        table.add_row(*cells)
     return table

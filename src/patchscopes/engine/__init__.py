@@ -23,7 +23,7 @@ root package (:mod:`patchscopes.resolve`), so the engine never sees the user-fac
 from patchscopes.engine.batched import run_batched
 from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_budget
 from patchscopes.engine.capture import capture_states
-from patchscopes.engine.generation import greedy_generate
+from patchscopes.engine.generation import greedy_generate, greedy_token_ids
 from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Write
 from patchscopes.engine.jobs import Job
 from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readings, Readout
@@ -45,6 +45,7 @@ __all__ = [
     "capture_states",
     "device_budget",
     "greedy_generate",
+    "greedy_token_ids",
     "run_batched",
     "run_reference",
     "target_run",

@@ -20,6 +20,7 @@ Only top-k readings are kept unless full logits are asked for. Results equal the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -33,9 +34,11 @@ from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
+from patchscopes.engine.reference import run_reference
 from patchscopes.engine.relevancy import relevancy_scores
 from patchscopes.engine.row_hooks import row_hooks, suffix_start
 from patchscopes.engine.shared_base import run_shared_base, takes_shared_base
+from patchscopes.engine.soft import run_soft_group, soft_key
 from patchscopes.engine.unembedding import VOCAB_CHUNK, logits_of, top_k_logprobs, unembedding_input
 from patchscopes.models import LanguageModel
 
@@ -46,9 +49,12 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
     hidden = capture_sources(sourced, budget)
     values = apply_mappings(sourced, hidden)
     readings: dict[int, Readings] = {}
-    rest = [job for job in jobs if not takes_shared_base(job)]
-    if len(rest) < len(jobs):  # rows on a shared base run (noise, knockout) with one block write
-        fast, left = run_shared_base([job for job in jobs if takes_shared_base(job)], values, budget,
+    soft = [job for job in jobs if job.target_embeds is not None]
+    readings.update(_run_soft_targets(soft, values, progress))
+    pending = [job for job in jobs if job.target_embeds is None]
+    rest = [job for job in pending if not takes_shared_base(job)]
+    if len(rest) < len(pending):  # rows on a shared base run (noise, knockout) with one block write
+        fast, left = run_shared_base([job for job in pending if takes_shared_base(job)], values, budget,
                                      _forward_to_unembedding, _next_token_readings, progress)
         readings.update(fast)
         rest += left
@@ -63,6 +69,26 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
             readings[job.index].relevancy = relevancy_scores(job, values.get(job.index),
                                                              readings[job.index].generated_token_ids or [])
     return [readings[job.index] for job in jobs]
+
+
+def _run_soft_targets(jobs: Sequence[Job], values: dict[int, torch.Tensor], progress) -> dict[int, Readings]:
+    """Jobs whose target has a soft prompt: plain next-token patches in groups (same target, vectors, layer,
+    positions) in :func:`~patchscopes.engine.soft.run_soft_group`; generation, and soft prompts with further
+    interventions (writes, noise, knockout, answers), job by job through the reference engine."""
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    out: dict[int, Readings] = {}
+    for job in jobs:
+        if isinstance(job.readout, Generate) or not dataclasses.replace(job, target_embeds=None).is_plain:
+            with torch.no_grad():
+                out[job.index] = run_reference([job])[0]
+            _tick(progress, 1)
+            continue
+        key = (job.target_model, len(job.target_ids), soft_key(job.target_embeds),  # type: ignore[arg-type]
+               job.target_layer, job.target_position, job.readout_position, job.readout)
+        groups[key].append(job)
+    for (model, *_), group in groups.items():
+        out.update(run_soft_group(model, group[0].target_embeds, group, values, progress=progress))
+    return out
 
 
 # -- sources -----------------------------------------------------------------------------------------------

@@ -44,6 +44,24 @@ def greedy_generate(
     Raises:
         PatchscopesError: An empty prompt, or ``max_new_tokens`` / ``batch_size`` below 1.
     """
+    ids = greedy_token_ids(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress)
+    return [model.decode(row) for row in ids]
+
+
+def greedy_token_ids(
+    model: LanguageModel,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int = 20,
+    *,
+    batch_size: int = 32,
+    progress=None,
+) -> list[list[int]]:
+    """The token ids of the greedy continuations of ``prompts`` (as :func:`greedy_generate`, which decodes
+    them): each row ends before its first end-of-sequence token.
+
+    Raises:
+        PatchscopesError: An empty prompt, or ``max_new_tokens`` / ``batch_size`` below 1.
+    """
     if max_new_tokens < 1:
         raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -57,11 +75,11 @@ def greedy_generate(
     if not model.fast_path.left_padding:  # padded rows would not be exact: one prompt at a time
         batch_size = 1
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out: list[str] = [""] * len(encoded)
+    out: list[list[int]] = [[] for _ in encoded]
     for first in range(0, len(order), batch_size):
         rows = order[first: first + batch_size]
         for row, ids in zip(rows, _generate_batch(model, [encoded[r] for r in rows], max_new_tokens)):
-            out[row] = model.decode(ids)
+            out[row] = ids
         if progress is not None:
             progress.update(len(rows))
     return out

@@ -49,13 +49,17 @@ class Job:
     answer_ids: tuple[int, ...] = ()
     source_site: str = "block"  # where h is read: a block's output, its "mlp" or its "attn" module
     target_site: str = "block"  # where f(h) is written
+    # Input vectors that replace the token embeddings of the target at positions offset .. offset + k - 1 (a
+    # soft prompt): (offset, (k, d) tensor), or None.
+    target_embeds: tuple[int, torch.Tensor] | None = None
 
     @property
     def is_plain(self) -> bool:
         """A single block-output replacement with no other intervention (the original fast paths)."""
         return (self.source_model is not None and not self.add and not self.writes and self.noise is None
                 and self.knockout is None and not self.answer_ids and self.source_site == "block"
-                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0)
+                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0
+                and self.target_embeds is None)
 
     def all_writes(self, value: torch.Tensor | None) -> list[Write]:
         """Every write of the target run, the patch first, with ``value`` (f(h)) filled in where needed."""

@@ -28,6 +28,7 @@ from patchscopes.engine.interventions import (
 from patchscopes.engine.jobs import Job, answer_logprobs, finish_generation, top_readings
 from patchscopes.engine.readouts import Generate, NextToken, Readings
 from patchscopes.engine.relevancy import relevancy_scores
+from patchscopes.engine.soft import embeds_on
 from patchscopes.models import LanguageModel
 
 
@@ -56,9 +57,11 @@ def target_run(
     noise: Noise | None = None,
     knockout: Knockout | None = None,
     answer_ids: Sequence[int] = (),
+    embeds: tuple[int, torch.Tensor] | None = None,
 ) -> Readings:
     """Run the target prompt once, patched at ``(layer, position, value)`` (or not), with any further
-    ``writes``, embedding ``noise`` and attention ``knockout``."""
+    ``writes``, embedding ``noise`` and attention ``knockout``; ``embeds`` (a soft prompt: ``(offset, (k, d)
+    vectors)``) replaces the token embeddings at those positions."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
     once = isinstance(readout, Generate)
@@ -75,7 +78,7 @@ def target_run(
         check_knockout_support(model)
         pre = {layer: [knockout_pre_hook([0], knockout.query, knockout.keys, once=once)]
                for layer in knockout.layers}
-    with registered(model, plan, pre):
+    with registered(model, plan, pre), embeds_on(model, embeds):
         if isinstance(readout, NextToken):
             logits, _ = model.forward(input_ids, attention_mask=mask)
             row = logits[:, readout_position]
@@ -126,6 +129,7 @@ def run_reference(jobs: Iterable[Job], progress=None) -> list[Readings]:
         readings = target_run(
             job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
             patch=None, writes=writes, noise=job.noise, knockout=job.knockout, answer_ids=job.answer_ids,
+            embeds=job.target_embeds,
         )
         if isinstance(job.readout, Generate) and job.readout.relevancy:
             readings.relevancy = relevancy_scores(job, value, readings.generated_token_ids or [])

@@ -41,6 +41,7 @@ from patchscopes.data.relations import (
     CONTEXT_KINDS,
     AttributeSample,
     Relation,
+    RelationSample,
     check_target_prompt,
     corpus_windows,
     load_relation,
@@ -52,10 +53,11 @@ from patchscopes.engine import BatchBudget, capture_states
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.probes import layer_probe, paired_ttest
+from patchscopes.lenses.lre import DEFAULT_EXAMPLES, faithfulness, fit_lre, token_matches
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
 from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
-from patchscopes.scope import Generate, Patchscope, Source, Target
+from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
 DEFAULT_SOURCE_LAYERS = "::3"
@@ -85,9 +87,17 @@ PAPER_TABLE2: dict[str, tuple[float, float]] = {
 SUMMARY_COLUMNS = [
     "relation", "key", "samples", "probe_samples", "classes", "majority", "probe_mean", "probe_std", "patchscope_mean",
     "patchscope_std", "t_statistic", "p_value", "p_bonferroni", "winner", "paper_probe", "paper_patchscope",
+    "lre_samples", "lre_mean", "lre_std", "lre_faithfulness", "lre_faithfulness_best", "lre_best_layer",
 ]
 
+LRE_COLUMNS = ["relation", "sample", "source_layer", "token", "correct"]
+FAITHFULNESS_COLUMNS = ["relation", "layer", "subject", "object", "lm_token", "lre_token", "faithful", "lm_correct",
+                        "lre_correct"]
+
 ProbeCV = Literal["samples", "subjects"]
+METHODS = ("patchscope", "probe", "lre")
+"""The methods of the experiment: the patchscope, the paper's probe, and the LRE attribute lens."""
+DEFAULT_METHODS = ("patchscope", "probe")
 
 
 @dataclass
@@ -102,6 +112,11 @@ class AttributeResults:
             patchscope ran on, the first ones): subject, object, context kind, source text, position and token.
         patchscope: Per relation, sample, source layer and target layer: the generated text and ``correct``.
         probe: Per relation, layer and fold: the probe's accuracy and fold sizes.
+        lre: Per relation, sample and source layer, the LRE attribute lens (f = the relation's LRE fitted at
+            that layer, T = S, l* = L-1, read at the subject's last token): its top token and ``correct`` (the
+            token is a non-empty prefix of the object, the LRE paper's test). Fitting subjects are left out.
+        faithfulness: Per relation, source layer and test subject, the LRE paper's faithfulness on the
+            in-context prompt (:func:`patchscopes.lenses.lre.faithfulness`).
         attrs: Settings and timings.
     """
 
@@ -110,6 +125,8 @@ class AttributeResults:
     samples: pd.DataFrame
     patchscope: pd.DataFrame
     probe: pd.DataFrame
+    lre: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LRE_COLUMNS))
+    faithfulness: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAITHFULNESS_COLUMNS))
     attrs: dict = field(default_factory=dict)
 
     def pair_accuracy(self) -> pd.DataFrame:
@@ -144,6 +161,12 @@ class AttributeResults:
                 n=("n_test", "sum")).reset_index()
             probe.insert(1, "method", "probe")
             frames.append(probe)
+        if not self.lre.empty:
+            lre = self.lre.groupby(["relation", "source_layer"], sort=False)["correct"].agg(
+                accuracy="mean", n="size").reset_index().rename(columns={"source_layer": "layer"})
+            lre.insert(1, "method", "lre")
+            lre["accuracy_std"] = math.nan
+            frames.append(lre)
         columns = ["relation", "method", "layer", "accuracy", "accuracy_std", "n"]
         if not frames:
             return pd.DataFrame(columns=columns)
@@ -172,7 +195,15 @@ class AttributeResults:
             objects = (self.samples.loc[self.samples["relation"] == rel, "object"] if len(self.samples)
                        else pd.Series(dtype=object))
             majority = float(objects.value_counts().iloc[0] / len(objects)) if len(objects) else math.nan
+            lre = by_layer[(by_layer["relation"] == rel) & (by_layer["method"] == "lre")]
+            faith = self.faithfulness[self.faithfulness["relation"] == rel]
+            faith = faith["faithful"].astype(float).groupby(faith["layer"]).mean()
             rows.append({
+                "lre_samples": int(lre["n"].max()) if len(lre) else 0,
+                "lre_mean": _mean(lre["accuracy"]), "lre_std": _std(lre["accuracy"]),
+                "lre_faithfulness": _mean(faith),
+                "lre_faithfulness_best": float(faith.max()) if len(faith) else math.nan,
+                "lre_best_layer": int(faith.idxmax()) if len(faith) else None,
                 "relation": rel, "key": record.key, "samples": int(record.patchscope_samples),
                 "probe_samples": int(record.probe_samples), "classes": int(record.probe_classes),
                 "majority": majority,
@@ -227,6 +258,19 @@ class AttributeResults:
             out.append({**common, "method": "patchscope", "accuracy": _clean(r.patchscope_mean),
                         "accuracy_std": _clean(r.patchscope_std), "n": int(r.samples),
                         "paper_accuracy": _clean(r.paper_patchscope)})
+            if not math.isnan(r.lre_mean) or not math.isnan(r.lre_faithfulness):
+                out.append({**common, "method": "lre", "accuracy": _clean(r.lre_mean),
+                            "accuracy_std": _clean(r.lre_std), "n": int(r.lre_samples),
+                            "faithfulness": _clean(r.lre_faithfulness),
+                            "faithfulness_best": _clean(r.lre_faithfulness_best),
+                            "faithfulness_best_layer": r.lre_best_layer})
+        if not self.faithfulness.empty:
+            faith = self.faithfulness.groupby(["relation", "layer"], sort=False)["faithful"].agg(
+                faithfulness="mean", n="size").reset_index()
+            for r in faith.itertuples():
+                out.append({"relation": r.relation, "key": keys.get(r.relation), "level": "layer",
+                            "method": "lre-faithfulness", "source_layer": int(r.layer), "target_layer": None,
+                            "accuracy": float(r.faithfulness), "n": int(r.n)})
         return out
 
 
@@ -309,6 +353,9 @@ def evaluate_attributes(
     engine: Engine = "batched",
     budget: BatchBudget | None = None,
     progress: bool = False,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    lre_examples: int = DEFAULT_EXAMPLES,
+    lre_beta: float | None = None,
     executor: Executor | None = None,
     run_dir: RunDir | str | Path | None = None,
 ) -> AttributeResults:
@@ -341,6 +388,12 @@ def evaluate_attributes(
         engine: ``"batched"`` or ``"reference"`` for the patchscope runs.
         budget: Micro-batch limits of the batched engine.
         progress: Show progress bars.
+        methods: Which of :data:`METHODS` to run: ``patchscope``, ``probe`` and ``lre`` (the LRE attribute
+            lens: per relation and source layer, an LRE fitted on ``lre_examples`` in-context examples, applied
+            to the subject's state in each source context, T = S, l* = L-1; and its faithfulness on the known
+            subjects' in-context prompts). The LRE's fitting subjects are left out of its evaluation.
+        lre_examples: In-context examples per LRE (the paper: 8).
+        lre_beta: β of the LREs (``None``: chosen on the fitting examples).
         executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
             Ray cluster).
         run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
@@ -367,6 +420,11 @@ def evaluate_attributes(
         raise PatchscopesError(f"contexts_per_subject must be at least 1, got {contexts_per_subject}")
     if not relations:
         raise PatchscopesError("no relations given")
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PatchscopesError(f"unknown method(s) {', '.join(unknown) or '(none given)'}",
+                               hint=f"use some of {', '.join(METHODS)}")
     rels = [r if isinstance(r, Relation) else load_relation(r) for r in relations]
     names = [r.name for r in rels]
     if len(set(names)) != len(names):
@@ -378,6 +436,8 @@ def evaluate_attributes(
     readout = Generate(max_new_tokens=max_new_tokens)
 
     counts, checks, sample_rows, patch_rows, probe_frames = [], [], [], [], []
+    lre_rows: list[tuple] = []
+    faith_frames = []
     for relation in rels:
         t0 = time.perf_counter()
         prompt = prompts[relation.name]
@@ -412,8 +472,10 @@ def evaluate_attributes(
 
         # The probe (the paper's baseline) on the hidden states of the known samples.
         probe_classes = len({s.object for s in chosen_probe})
-        probe_note = ""
-        if len(chosen_probe) >= folds:
+        probe_note = "" if "probe" in methods else "not run"
+        if "probe" not in methods:
+            pass
+        elif len(chosen_probe) >= folds:
             states = subject_states(model, chosen_probe, src_layers, batch_size=batch_size)
             groups = [s.subject for s in chosen_probe] if probe_cv == "subjects" else None
             try:
@@ -428,7 +490,7 @@ def evaluate_attributes(
 
         # The patchscope on its samples, all (l, l*) pairs, in one call of the engine.
         scopes = [Patchscope(Source(s.text, layer, s.position), Target(prompt, t_layer, "x"), readout)
-                  for s in chosen for layer in src_layers for t_layer in tgt_layers]
+                  for s in chosen for layer in src_layers for t_layer in tgt_layers] if "patchscope" in methods else []
         results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store,
                       progress=progress) if scopes else []
         for index, s in enumerate(chosen_probe):
@@ -436,12 +498,21 @@ def evaluate_attributes(
                                 "kind": s.kind, "source_text": s.text, "source_position": s.position,
                                 "source_token": s.token, "patchscope": index < len(chosen)})
         k = 0
-        for index, s in enumerate(chosen):
+        for index, s in enumerate(chosen if scopes else []):
             for layer in src_layers:
                 for t_layer in tgt_layers:
                     text = results[k].generated_text or ""
                     patch_rows.append((relation.name, index, layer, t_layer, text, mentions(text, s.object, s.aliases)))
                     k += 1
+        lre_note = ""
+        if "lre" in methods:
+            try:
+                rows, faith = _lre_method(model, relation, chosen, chosen_probe, src_layers, examples=lre_examples,
+                                          beta=lre_beta, seed=seed, engine=engine, progress=progress)
+                lre_rows.extend(rows)
+                faith_frames.append(faith)
+            except PatchscopesError as err:
+                lre_note = err.message
         kinds = pd.Series([s.kind for s in located], dtype=object).value_counts().to_dict()
         counts.append({
             "relation": relation.name, "key": relation.key, "target_prompt": prompt, "facts": len(relation.samples),
@@ -449,7 +520,7 @@ def evaluate_attributes(
             "facts_known": len(known), "samples_known": len(kept), "probe_samples": len(chosen_probe),
             "probe_classes": probe_classes, "patchscope_samples": len(chosen),
             **{f"contexts_{kind}": int(kinds.get(kind, 0)) for kind in CONTEXT_KINDS},
-            "probe_note": probe_note, "seconds": round(time.perf_counter() - t0, 1),
+            "probe_note": probe_note, "lre_note": lre_note, "seconds": round(time.perf_counter() - t0, 1),
         })
 
     probe = (pd.concat(probe_frames, ignore_index=True) if probe_frames else
@@ -458,7 +529,8 @@ def evaluate_attributes(
         model=model.name, num_layers=model.num_layers, source_layers=src_layers, target_layers=tgt_layers,
         max_samples=max_samples, probe_samples=probe_samples, contexts=list(contexts),
         contexts_per_subject=contexts_per_subject, window_tokens=window_tokens, max_new_tokens=max_new_tokens,
-        fact_filter=fact_filter, folds=folds, probe_cv=probe_cv, seed=seed, engine=engine,
+        fact_filter=fact_filter, folds=folds, probe_cv=probe_cv, seed=seed, engine=engine, methods=methods,
+        lre_examples=lre_examples if "lre" in methods else None, lre_beta=lre_beta,
         seconds=round(time.perf_counter() - start, 1),
     )
     return AttributeResults(
@@ -470,8 +542,47 @@ def evaluate_attributes(
         patchscope=pd.DataFrame(patch_rows, columns=["relation", "sample", "source_layer", "target_layer",
                                                      "generated_text", "correct"]),
         probe=probe,
+        lre=pd.DataFrame(lre_rows, columns=LRE_COLUMNS),
+        faithfulness=(pd.concat(faith_frames, ignore_index=True)[FAITHFULNESS_COLUMNS] if faith_frames
+                      else pd.DataFrame(columns=FAITHFULNESS_COLUMNS)),
         attrs=attrs,
     )
+
+
+def _lre_method(
+    model: LanguageModel,
+    relation: Relation,
+    chosen: Sequence[AttributeSample],
+    known: Sequence[AttributeSample],
+    layers: Sequence[int],
+    *,
+    examples: int,
+    beta: float | None,
+    seed: int,
+    engine: Engine,
+    progress: bool,
+) -> tuple[list[tuple], pd.DataFrame]:
+    """The LRE attribute lens on ``chosen`` (the patchscope's samples, in their source contexts) at every
+    source layer, and the LRE's faithfulness on the in-context prompts of the ``known`` subjects; the
+    fitting subjects are left out of both."""
+    lres = fit_lre(model, relation, layers, examples=examples, beta=beta, seed=seed, progress=progress)
+    fitted = {x.subject for x in next(iter(lres.values())).examples}
+    tests = [(index, s) for index, s in enumerate(chosen) if s.subject not in fitted]
+    scopes = [Patchscope(Source(s.text, layer, s.position),
+                         Target(s.text, -1, s.position, mapping=lres[layer].mapping()),
+                         NextToken(top_k=1, position=s.position))
+              for _, s in tests for layer in layers]
+    results = run(scopes, model, engine=engine, progress=progress) if scopes else []
+    rows, k = [], 0
+    for index, s in tests:
+        for layer in layers:
+            token = results[k].top_tokens[0]
+            rows.append((relation.name, index, layer, token, token_matches(token, s.object, s.aliases)))
+            k += 1
+    subjects = [RelationSample(s.subject, s.object, s.aliases) for s in known if s.subject not in fitted]
+    frames = [faithfulness(model, lres[layer], subjects, engine=engine) for layer in layers] if subjects else []
+    faith = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FAITHFULNESS_COLUMNS)
+    return rows, faith
 
 
 # -- figure ------------------------------------------------------------------------------------------------
@@ -496,13 +607,15 @@ def attributes_figure(results: AttributeResults, *, title: str | None = None):
     titles = []
     for rel in relations:
         s = summary[summary["relation"] == rel].iloc[0]
+        lre = f", LRE {_pct(s['lre_mean'])}" if not results.lre.empty else ""
         titles.append(f"{rel} (n={s['samples']}): patchscope {_pct(s['patchscope_mean'])}, "
-                      f"probe {_pct(s['probe_mean'])}")
+                      f"probe {_pct(s['probe_mean'])}{lre}")
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.06,
                         vertical_spacing=min(0.12, 0.5 / max(1, rows)))
     src_layers = results.attrs.get("source_layers", [])
     tgt_layers = results.attrs.get("target_layers", [])
-    x_labels = [str(t) for t in tgt_layers] + ["any l*", "probe"]
+    extra = [("patchscope", "any l*"), ("probe", "probe")] + ([("lre", "lre")] if not results.lre.empty else [])
+    x_labels = [str(t) for t in tgt_layers] + [label for _, label in extra]
     for k, rel in enumerate(relations):
         cell = {(r.source_layer, r.target_layer): (r.accuracy, r.n) for r in pairs[pairs["relation"] == rel]
                 .itertuples()}
@@ -514,7 +627,7 @@ def attributes_figure(results: AttributeResults, *, title: str | None = None):
                 acc, n = cell.get((l, t), (None, 0))
                 row_z.append(acc)
                 row_t.append(f"l={l}, l*={t}<br>accuracy {_pct(acc)} (n={n})")
-            for method, label in (("patchscope", "some l*"), ("probe", "probe")):
+            for method, label in extra:
                 acc, n = layer.get((method, l), (None, 0))
                 row_z.append(acc)
                 row_t.append(f"l={l}, {label}<br>accuracy {_pct(acc)} (n={n})")

@@ -30,59 +30,15 @@ from pathlib import Path
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.identity import check_model_identity, compare_identity, model_identity  # noqa: F401 (re-exported)
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.runs.fingerprint import model_shape, spaced_sample
+from patchscopes.storage import read_folder
 
 LENS_KINDS = ("affine", "tuned")
 CONFIG_FILE = "lens.json"
 WEIGHTS_FILE = "lens.safetensors"
 FORMAT = "patchscopes-lens"
-_PROBE_SIZE = 32
-
-
-# -- model identity --------------------------------------------------------------------------------------
-def model_identity(model: LanguageModel) -> dict:
-    """What a lens records about its model: name, family, sizes and a small sample of the output weights.
-
-    The sample (``probe``) tells two models of the same shape apart, and survives a change of dtype.
-    """
-    probe = spaced_sample(model.arch.unembed.weight.detach().reshape(-1), _PROBE_SIZE).float().cpu().tolist()
-    return {**model_shape(model), "probe": [round(v, 6) for v in probe]}
-
-
-def check_model_identity(recorded: dict, model: LanguageModel, what: str = "this lens") -> None:
-    """Raise unless ``model`` is the model ``recorded`` describes (same sizes and output weights).
-
-    Raises:
-        PatchscopesError: The sizes differ, or the weights do (another model of the same shape).
-    """
-    compare_identity(recorded, model_identity(model), what)
-
-
-def compare_identity(recorded: dict, current: dict, what: str = "this lens") -> None:
-    """Raise unless two :func:`model_identity` records describe the same model.
-
-    Raises:
-        PatchscopesError: The sizes differ, or the weights do (another model of the same shape).
-    """
-    made_for, name = recorded.get("name", "?"), current.get("name", "?")
-    hint = f"fit a lens on {name} with `patchscopes fit-lens --model {name} ...`"
-    for key, label in (("num_layers", "layers"), ("hidden_size", "hidden size"), ("vocab_size", "vocabulary")):
-        if recorded.get(key) != current.get(key):
-            raise PatchscopesError(
-                f"{what} was fitted on another model ({made_for}, {label} {recorded.get(key)}), "
-                f"not on {name} ({label} {current.get(key)})",
-                hint=hint,
-            )
-    probe = torch.tensor(recorded.get("probe") or [], dtype=torch.float64)
-    now = torch.tensor(current.get("probe") or [], dtype=torch.float64)
-    if probe.shape != now.shape or not torch.allclose(probe, now, rtol=1e-2, atol=1e-2):
-        raise PatchscopesError(
-            f"{what} was fitted on another model ({made_for}), not on {name}: the sizes match but the "
-            "weights differ",
-            hint=hint,
-        )
 
 
 # -- the lens --------------------------------------------------------------------------------------------
@@ -173,23 +129,10 @@ class Lens:
         Raises:
             PatchscopesError: The folder is not a lens, or the lens belongs to another model.
         """
-        from safetensors import safe_open
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise PatchscopesError(
-                f"{directory} is not a lens folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})",
-                hint="make one with `patchscopes fit-lens --model M --text FILE --out DIR`",
-            )
-        try:
-            config = json.loads(config_path.read_text())
-            with safe_open(str(weights_path), framework="pt") as fh:
-                tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise PatchscopesError(f"could not read the lens in {directory}: {err}") from err
+        config, tensors = read_folder(directory, CONFIG_FILE, WEIGHTS_FILE, "a lens",
+                                      hint="make one with `patchscopes fit-lens --model M --text FILE --out DIR`")
         if config.get("format") != FORMAT:
-            raise PatchscopesError(f"{config_path} is not a patchscopes lens config")
+            raise PatchscopesError(f"{Path(directory) / CONFIG_FILE} is not a patchscopes lens config")
         kind = config.pop("kind", None)
         for key in ("format", "version", "layers"):
             config.pop(key, None)

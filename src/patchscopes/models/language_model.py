@@ -165,22 +165,29 @@ class LanguageModel:
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         *,
+        inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache=None,
         use_cache: bool = False,
         logits_to_keep: int | torch.Tensor | None = None,
     ):
-        """One forward pass of the Hugging Face model; returns ``(logits, cache)``."""
+        """One forward pass of the Hugging Face model; returns ``(logits, cache)``.
+
+        The input is token ids, or ``inputs_embeds`` (what the token embedding would give, ``(b, n, d)``) with
+        ``input_ids=None``.
+        """
         kwargs = {
-            "input_ids": input_ids.to(self.device),
+            "input_ids": None if input_ids is None else input_ids.to(self.device),
             "attention_mask": None if attention_mask is None else attention_mask.to(self.device),
             "position_ids": None if position_ids is None else position_ids.to(self.device),
             "use_cache": use_cache,
             self._cache_kwarg: cache,
         }
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds.to(self.device)
         if logits_to_keep is not None and self._accepts_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         out = self.hf(**kwargs)

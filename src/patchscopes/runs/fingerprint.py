@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.identity import model_shape, spaced_sample
 from patchscopes.models import LanguageModel
 
 _SAMPLES_PER_TENSOR = 64
@@ -88,19 +89,6 @@ def fingerprint(value: object) -> str:
     """SHA-256 (hex) of :func:`canonical` ``(value)``."""
     text = json.dumps(canonical(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def model_shape(model: LanguageModel) -> dict:
-    """A model's name, family and sizes (layers, width, vocabulary)."""
-    return {"name": model.name, "family": model.arch.spec.name, "num_layers": model.num_layers,
-            "hidden_size": model.hidden_size, "vocab_size": model.vocab_size}
-
-
-def spaced_sample(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """``k`` evenly spaced elements of a flat tensor, the first and the last included (all if it has fewer)."""
-    n = flat.numel()
-    k = min(n, k)
-    return flat[(torch.arange(k, dtype=torch.long) * max(0, n - 1) // max(1, k - 1)).to(flat.device)]
 
 
 def model_identity(model: LanguageModel) -> dict:

@@ -1,0 +1,59 @@
+"""Reading safetensors files: the one place that opens them for lenses, LREs, soft prompts and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from patchscopes.errors import PatchscopesError
+
+
+def read_safetensors(
+    path: str | Path, what: str, *, hint: str | None = None
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The string metadata and every tensor of a safetensors file.
+
+    Args:
+        path: The file.
+        what: What the file should be, for messages (``"the LRE"``).
+        hint: A hint for a missing or unreadable file.
+
+    Raises:
+        PatchscopesError: The file is missing or cannot be read as safetensors.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PatchscopesError(f"no such file for {what}: {path}", hint=hint)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:
+        raise PatchscopesError(f"could not read {what} {path}: {err}", hint=hint) from err
+    return metadata, tensors
+
+
+def read_folder(
+    directory: str | Path, config_file: str, weights_file: str, what: str, *, hint: str | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON config and the tensors of a folder holding ``config_file`` and ``weights_file`` (a lens).
+
+    Raises:
+        PatchscopesError: A file is missing or unreadable.
+    """
+    import json
+
+    directory = Path(directory)
+    config_path, weights_path = directory / config_file, directory / weights_file
+    if not config_path.is_file() or not weights_path.is_file():
+        raise PatchscopesError(f"{directory} is not {what} folder (it needs {config_file} and {weights_file})",
+                               hint=hint)
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise PatchscopesError(f"could not read {config_path}: {err}", hint=hint) from err
+    _, tensors = read_safetensors(weights_path, what, hint=hint)
+    return config, tensors
