@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import patchscopes as ps
@@ -212,3 +213,42 @@ def test_learned_method_through_the_engine_equals_the_training_forward(tiny_llam
         top = soft_prompt_logits(tiny_llama, lens.prompts[1], conts[:, :2], 1, sources[:, 0]).argmax(-1)
     hits = results.hits.sort_values(["offset", "sample"])
     assert hits["top1"].tolist() == (top == conts).T.reshape(-1).tolist()
+
+
+def test_fit_and_eval_commands_resume_from_their_run_dirs(tiny_dir, text_file, tmp_path):
+    fit_dir, eval_dir = tmp_path / "fit-run", tmp_path / "eval-run"
+    fit = ["fit-future-lens", "--model", tiny_dir, "--text", str(text_file), "--layers", "1,2", "--offsets", "0:2",
+           "--samples", "12", "--steps", "2", "--prompt-length", "3", "--run-dir", str(fit_dir)]
+    assert runner.invoke(app, [*fit, "--out", str(tmp_path / "a")], env=ENV).exit_code == 0
+    state = fit_dir / "states" / "future-lens.safetensors"
+    assert state.is_file() and (fit_dir / "future-lens-checkpoint.safetensors").is_file()
+    assert not (tmp_path / "a" / "checkpoint.safetensors").exists()  # the checkpoint lives in the run dir
+    stamp = state.stat().st_mtime_ns
+    again = runner.invoke(app, [*fit, "--out", str(tmp_path / "b")], env=ENV)
+    assert again.exit_code == 0, again.output
+    assert state.stat().st_mtime_ns == stamp  # read back, not fitted again
+    assert (tmp_path / "a" / "future.json").read_bytes() == (tmp_path / "b" / "future.json").read_bytes()
+    a, b = (load_file(tmp_path / x / "future.safetensors") for x in "ab")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    refused = runner.invoke(app, [*fit[:-2], "--steps", "3", "--run-dir", str(fit_dir), "--out",
+                                  str(tmp_path / "c")], env=ENV)
+    assert refused.exit_code == 2 and "other settings" in refused.output and "steps" in refused.output
+
+    ev = ["eval", "future", "--model", tiny_dir, "--text", str(text_file), "--lens", str(tmp_path / "a"),
+          "--offsets", "0:2", "--samples", "6", "--run-dir", str(eval_dir)]
+    first = runner.invoke(app, [*ev, "--json", str(tmp_path / "e1.json")], env=ENV)
+    assert first.exit_code == 0, first.output
+    shards = sorted((eval_dir / "shards").glob("*.jsonl"))
+    assert len(shards) >= 3  # the fixed method and the learned prompt of each layer
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    second = runner.invoke(app, [*ev, "--json", str(tmp_path / "e2.json")], env=ENV)
+    assert second.exit_code == 0, second.output
+    assert sorted((eval_dir / "shards").glob("*.jsonl")) == shards
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+
+    def records(name):  # the same records but for the run's time
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((tmp_path / name).read_text())]
+
+    assert records("e1.json") == records("e2.json")
+    other = runner.invoke(app, [*ev[:-4], "--samples", "5", "--run-dir", str(eval_dir)], env=ENV)
+    assert other.exit_code == 2 and "other settings" in other.output and "samples" in other.output

@@ -212,3 +212,29 @@ def test_eval_attributes_refuses_an_unknown_method(tiny_dir, tmp_path):
     result = runner.invoke(app, ["eval", "attributes", "--model", tiny_dir, "--relations",
                                  str(_relation_file(tmp_path, 5)), "--methods", "patchscope,lens"], env=ENV)
     assert result.exit_code == 2 and "unknown --methods lens" in result.output
+
+
+def test_fit_lre_resumes_from_its_run_dir_and_refuses_other_settings(tiny_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["fit-lre", "--model", tiny_dir, "--relation", str(_relation_file(tmp_path, 6)), "--layer", "1",
+            "--examples", "3", "--run-dir", str(run_dir)]
+    first = runner.invoke(app, [*args, "--out", str(tmp_path / "a.safetensors"), "--json", str(tmp_path / "a.json")],
+                          env=ENV)
+    assert first.exit_code == 0, first.output
+    state = run_dir / "states" / "lre.safetensors"
+    files = [state, *sorted((run_dir / "shards").glob("*.jsonl"))]
+    assert len(files) > 1  # the fitted LRE and the faithfulness patches
+    stamps = [p.stat().st_mtime_ns for p in files]
+    second = runner.invoke(app, [*args, "--out", str(tmp_path / "b.safetensors"), "--json", str(tmp_path / "b.json")],
+                           env=ENV)
+    assert second.exit_code == 0, second.output
+    assert [p.stat().st_mtime_ns for p in files] == stamps  # read back, not computed again
+    a, b = (LinearRelation.load(tmp_path / f"{x}.safetensors") for x in "ab")
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert (a.beta, a.examples, a.config) == (b.beta, b.examples, b.config)  # the fit's time too
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["command"] == "fit-lre" and manifest["settings"]["lre_examples"] == 3
+    refused = runner.invoke(app, [*args[:-4], "--examples", "4", "--run-dir", str(run_dir),
+                                  "--out", str(tmp_path / "c.safetensors")], env=ENV)
+    assert refused.exit_code == 2 and "other settings" in refused.output and "lre_examples" in refused.output

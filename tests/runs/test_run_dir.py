@@ -153,3 +153,19 @@ def test_a_model_loaded_with_device_auto_works_with_run_dirs(tmp_path, tiny_llam
     kept = ps.run(scopes, spread, run_dir=tmp_path / "run", shard_size=4)
     same_readings(kept, ps.run(scopes, tiny_llama), atol=1e-5)
     same_readings(ps.run(scopes, spread, run_dir=tmp_path / "run", shard_size=4), kept, exact=True)
+
+
+def test_soft_prompt_vectors_are_part_of_a_shards_key(tmp_path, tiny_llama):
+    import torch
+
+    def scope(seed):
+        vectors = torch.randn(3, tiny_llama.hidden_size, generator=torch.Generator().manual_seed(seed))
+        return ps.Patchscope(ps.Source("The cat sat", 1, -1), ps.Target(ps.SoftPrompt(vectors, after=" is"), 1, 2),
+                             ps.NextToken(top_k=3))
+
+    store = RunDir.open(tmp_path / "run", command="two runs", settings={})  # as an experiment shares one
+    first = ps.run([scope(0)], tiny_llama, run_dir=store)
+    other = ps.run([scope(1)], tiny_llama, run_dir=store)  # same coordinates, other vectors: not read back
+    assert len(list((tmp_path / "run" / "shards").glob("*.jsonl"))) == 2
+    assert other[0].readings.top_probs == ps.run([scope(1)], tiny_llama)[0].readings.top_probs
+    assert first[0].readings.top_probs != other[0].readings.top_probs

@@ -26,7 +26,14 @@ from patchscopes.experiments.future_lens import (
     evaluate_future,
     future_figure,
 )
-from patchscopes.lenses.future import CHECKPOINT_FILE, FIXED_PROMPT, FutureLens, PromptSettings, fit_future_lens
+from patchscopes.lenses.future import (
+    CHECKPOINT_FILE,
+    FIXED_PROMPT,
+    RUN_CHECKPOINT_FILE,
+    FutureLens,
+    PromptSettings,
+    fit_future_lens,
+)
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 from patchscopes.specs import parse_spec
@@ -46,6 +53,7 @@ def parse_offsets(spec: str) -> list[int]:
 
 @app.command("fit-future-lens", short_help="Fit the future lens (linear maps, learned prompts) and save it.")
 @opt.runtime_options(engine=False)
+@opt.run_options(workers=False)
 def fit_future_lens_command(
     text: opt.TextOption,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The lens folder to write.")],
@@ -73,10 +81,12 @@ def fit_future_lens_command(
     seed: opt.seed_option("the positions and batches") = 0,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Fit the future lens: linear maps per (layer, offset) and a learned prompt per layer (Pal et al. 2023).
 
-    Training resumes from OUT/checkpoint.safetensors when it exists and matches the model, text and settings.
+    Training resumes from OUT/checkpoint.safetensors (with --run-dir, from the run directory's checkpoint)
+    when it exists and matches the model, text and settings.
 
     Examples:
 
@@ -84,18 +94,20 @@ def fit_future_lens_command(
       patchscopes fit-future-lens --text wiki.txt --layers ::3 \\
           --steps 100 --out lenses/smollm2-future
     """
+    arguments = dict(locals())
     offset_list = parse_offsets(offsets)
     settings = PromptSettings(prompt_length=prompt_length, steps=max(steps, 1), batch_size=batch_size, lr=lr,
                               seed=seed)
     fit_docs, split = fit_documents(text, eval_fraction)
     lm = runtime.load(model)
     layer_ids = parse_spec(layers, lm.num_layers, what="layer")
-    ckpt = out / CHECKPOINT_FILE
+    store = runs.open("fit-future-lens", arguments, runtime, [lm])
+    ckpt = store.file(RUN_CHECKPOINT_FILE) if store is not None else out / CHECKPOINT_FILE
     if steps and ckpt.is_file():
         console.print(Text(f"resuming from {ckpt}"))
     lens = fit_future_lens(lm, fit_docs, layers=layer_ids, offsets=offset_list, samples=samples, ridge=ridge,
                            prompt=settings, train_prompts=steps > 0, checkpoint=ckpt, seed=seed, progress=True,
-                           extra_config={"split": split})
+                           extra_config={"split": split}, run_dir=store)
     lens.save(out)
     losses = (lens.config.get("training") or {}).get("losses", {})
     trained = ", ".join(f"{layer}: {v[0]:.2f} → {v[-1]:.2f}" for layer, v in losses.items() if v)
@@ -108,6 +120,7 @@ def fit_future_lens_command(
 
 @eval_app.command("future", short_help="Future lens: the token N positions ahead from one hidden state.")
 @opt.runtime_options()
+@opt.run_options()
 def eval_future_command(
     text: opt.TextOption,
     model: opt.ModelOption = DEFAULT_MODEL,
@@ -134,6 +147,7 @@ def eval_future_command(
     plot: opt.plot_option("Precision@1 per layer, a panel per N") = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Precision@1 of the token N positions ahead from one hidden state, per method, layer and N (Pal et al.).
 
@@ -143,6 +157,7 @@ def eval_future_command(
       patchscopes eval future --text wiki.txt --lens lenses/smollm2-future \\
           --json future.json --plot future.html
     """
+    arguments = dict(locals())
     opt.check_output_paths(json_path, plot)
     offset_list = parse_offsets(offsets) if offsets is not None else None
     method_list = opt.parse_methods(methods)
@@ -151,9 +166,11 @@ def eval_future_command(
     lm = runtime.load(model)
     fitted = FutureLens.load(lens, model=lm) if lens is not None else None
     layer_ids = parse_spec(layers, lm.num_layers, what="layer") if layers is not None else None
+    store = runs.open("eval future", arguments, runtime, [lm])
     results = evaluate_future(lm, eval_docs, lens=fitted, layers=layer_ids, offsets=offset_list, methods=method_list,
                               samples=samples, top_k=top_k, fixed_prompt=fixed_prompt, seed=seed,
-                              engine=runtime.engine, progress=True)  # type: ignore[arg-type]
+                              engine=runtime.engine, progress=True, executor=runs.executor,
+                              run_dir=store)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     console.print(results_table(results, title=f"future lens · {lm.name} · Precision@1 (%) by layer and N"))
     attrs = results.attrs

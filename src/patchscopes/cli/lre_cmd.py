@@ -26,6 +26,7 @@ from patchscopes.models import DEFAULT_MODEL
 
 @app.command("fit-lre", short_help="Fit the LRE of a relation (Hernandez et al.) and report faithfulness.")
 @opt.runtime_options()
+@opt.run_options()
 def fit_lre_command(
     relation: Annotated[
         Path, typer.Option("--relation", "-r", metavar="FILE", help="A relation file (.json in the relations "
@@ -53,6 +54,7 @@ def fit_lre_command(
     json_path: opt.json_option("the faithfulness records") = None,
     *,
     runtime: opt.Runtime,
+    runs: opt.Runs,
 ) -> None:
     """Fit the LRE of a relation (Hernandez et al. 2024) at one layer, save it, and report its faithfulness.
 
@@ -63,6 +65,7 @@ def fit_lre_command(
           --relation data/relations/factual/country_capital_city.json \\
           --layer 10 --out lres/capital.safetensors
     """
+    arguments = {**locals(), "lre_examples": examples}  # (--examples is a setting here, not an output)
     if out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
     if json_path is not None and json_path.suffix.lower() != ".json":
@@ -73,8 +76,10 @@ def fit_lre_command(
     choose_examples(rel, examples, seed=seed)  # too few subjects: refuse before loading the model
     lm = runtime.load(model)
     chosen_layer = lm.num_layers // 3 if layer is None else lm.check_layer(layer)
+    store = runs.open("fit-lre", arguments, runtime, [lm], data=rel)
     start = time.perf_counter()
-    lre = fit_lre(lm, rel, chosen_layer, examples=examples, beta=beta, seed=seed, progress=True)[chosen_layer]
+    lre = fit_lre(lm, rel, chosen_layer, examples=examples, beta=beta, seed=seed, progress=True,
+                  run_dir=store)[chosen_layer]
     lre.save(out)
     console.print(Text(f"LRE of {rel.name!r} on {lm.name}: layer {lre.layer}, β = {lre.beta:g} "
                        f"({lre.config['beta_chosen']}), {len(lre.examples)} examples, faithfulness on them "
@@ -85,7 +90,8 @@ def fit_lre_command(
     others = [s for s in rel.samples if s.subject not in fitted][:test_samples]
     if not others:
         return
-    frame = faithfulness(lm, lre, others, engine=runtime.engine, progress=True)
+    frame = faithfulness(lm, lre, others, engine=runtime.engine, progress=True, executor=runs.executor,
+                         run_dir=store)
     table = Table(title=Text(f"faithfulness on {len(frame)} other subjects"), title_justify="left")
     for name in ("faithful %", "model correct %", "LRE correct %", "faithful where the model is correct %"):
         table.add_column(name, justify="right")

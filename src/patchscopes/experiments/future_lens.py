@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -34,6 +35,7 @@ from patchscopes.lenses.future import (
 )
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 
 FUTURE_METHODS = ("linear", "fixed", "learned")
@@ -87,6 +89,8 @@ def evaluate_future(
     budget: BatchBudget | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> FutureResults:
     """Evaluate the future lens's methods on positions of ``documents``.
 
@@ -106,10 +110,16 @@ def evaluate_future(
         budget: Micro-batch limits of the batched engine.
         batch_size: Samples per forward of the hidden states and the learned prompt.
         progress: Show progress bars.
+        executor: Who runs the patches of the fixed and learned methods (default: this process).
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping the finished
+            shards of those patches; an evaluation given it again skips them.
 
     Raises:
-        PatchscopesError: Bad options; a method the lens cannot serve; offsets beyond the text window.
+        PatchscopesError: Bad options; a method the lens cannot serve; offsets beyond the text window; a run
+            directory of another run.
     """
+    store = open_run_dir(run_dir, command="evaluate_future", models=[model], data=documents,
+                         settings=settings_of(locals(), exclude=("model", "documents")))
     start = time.perf_counter()
     offsets = sorted(set(offsets if offsets is not None else lens.offsets if lens is not None else DEFAULT_OFFSETS))
     if not offsets or offsets[0] < 0:
@@ -168,7 +178,8 @@ def evaluate_future(
                              Target(tuple(prompt_ids) + data.continuations[s][:offset], layer, len(prompt_ids) - 1),
                              NextToken(top_k=top_k))
                   for layer in layers for offset in offsets for s in range(n)]
-        results = run(scopes, model, engine=engine, budget=budget, progress=progress)
+        results = run(scopes, model, engine=engine, budget=budget, progress=progress, executor=executor,
+                      run_dir=store)
         k = 0
         for layer in layers:
             for offset in offsets:
@@ -183,7 +194,8 @@ def evaluate_future(
                                  Target(soft.with_after(data.continuations[s][:offset]), layer, position),
                                  NextToken(top_k=top_k))
                       for offset in offsets for s in range(n)]
-            results = run(scopes, model, engine=engine, budget=budget, progress=progress)
+            results = run(scopes, model, engine=engine, budget=budget, progress=progress, executor=executor,
+                          run_dir=store)
             for j, offset in enumerate(offsets):
                 add("learned", layer, offset,
                     torch.tensor([r.readings.top_token_ids[:top_k] for r in results[j * n: (j + 1) * n]]))

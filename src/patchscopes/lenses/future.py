@@ -40,6 +40,7 @@ from patchscopes.lenses.affine import AffineAccumulator
 from patchscopes.lenses.base import check_model_identity, compare_identity, digest_key, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.storage import read_folder, read_safetensors
 
@@ -50,6 +51,9 @@ FORMAT = "patchscopes-future-lens"
 CONFIG_FILE = "future.json"
 WEIGHTS_FILE = "future.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+RUN_CHECKPOINT_FILE = "future-lens-checkpoint.safetensors"
+"""The training checkpoint's name in a run directory."""
+_STATE = "future-lens"
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -405,6 +409,7 @@ def fit_future_lens(
     seed: int = 0,
     progress: bool = False,
     extra_config: dict | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> FutureLens:
     """Fit the linear maps and train the learned prompts of the future lens on ``documents``.
 
@@ -423,10 +428,23 @@ def fit_future_lens(
         seed: Seed of the positions.
         progress: Show progress bars.
         extra_config: More entries for the saved config.
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the training checkpoint
+            goes there (unless ``checkpoint`` says where) and so does the fitted lens, which a fit given the
+            same directory again reads back.
 
     Raises:
-        PatchscopesError: Bad settings, too little text, or a checkpoint of another model, data or settings.
+        PatchscopesError: Bad settings, too little text, a checkpoint of another model, data or settings, or a
+            run directory of another run.
     """
+    store = open_run_dir(run_dir, command="fit_future_lens", models=[model], data=documents,
+                         settings=settings_of(locals(), exclude=("model", "documents", "extra_config", "checkpoint",
+                                                                 "checkpoint_every")))
+    if store is not None:
+        saved = store.load_state(_STATE)
+        if saved is not None:
+            return _lens_from_state(*saved)
+        if checkpoint is None:
+            checkpoint = store.file(RUN_CHECKPOINT_FILE)
     start = time.perf_counter()
     layers = sorted({model.check_layer(x) for x in layers})
     offsets = sorted(set(offsets))
@@ -477,7 +495,31 @@ def fit_future_lens(
         "seconds": round(time.perf_counter() - start, 1),
         **(extra_config or {}),
     }
-    return FutureLens(layers, offsets, linear, prompts, config, data.document_keys())
+    lens = FutureLens(layers, offsets, linear, prompts, config, data.document_keys())
+    if store is not None:
+        store.save_state(_STATE, *_lens_state(lens))
+    return lens
+
+
+def _lens_state(lens: FutureLens) -> tuple[dict[str, torch.Tensor], dict]:
+    """A fitted lens as a run directory's state: its tensors, and the rest as JSON."""
+    tensors = {"fit_documents": lens.fit_documents.to(torch.long)}
+    for (layer, offset), affine in lens.linear.items():
+        tensors[f"linear.{layer}.{offset}.weight"] = affine.weight
+        tensors[f"linear.{layer}.{offset}.bias"] = affine.bias
+    for layer, prompt in lens.prompts.items():
+        tensors[f"prompt.{layer}"] = prompt
+    return tensors, {"layers": lens.layers, "offsets": lens.offsets, "config": lens.config}
+
+
+def _lens_from_state(tensors: dict[str, torch.Tensor], meta: dict) -> FutureLens:
+    """The lens :func:`_lens_state` kept."""
+    linear = {(int(x), int(o)): Affine(tensors[f"linear.{x}.{o}.weight"], tensors[f"linear.{x}.{o}.bias"],
+                                       name=f"future-linear[{x},{o}]")
+              for x in meta["layers"] for o in meta["offsets"] if f"linear.{x}.{o}.weight" in tensors}
+    prompts = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("prompt.")}
+    return FutureLens(list(meta["layers"]), list(meta["offsets"]), linear, prompts, meta["config"],
+                      tensors["fit_documents"])
 
 
 def save_prompt_checkpoint(path: Path, identity: dict, states: dict[int, dict]) -> None:

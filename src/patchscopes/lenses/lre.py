@@ -42,6 +42,7 @@ from patchscopes.lenses.base import check_model_identity, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
+from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.storage import read_safetensors
 
@@ -198,6 +199,7 @@ def fit_lre(
     beta: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    run_dir: RunDir | str | Path | None = None,
 ) -> dict[int, LinearRelation]:
     """Fit the LRE of ``relation`` at each source layer (one Jacobian pass per example serves every layer).
 
@@ -209,6 +211,8 @@ def fit_lre(
         beta: β; ``None`` chooses it per layer on the fitting examples from :data:`BETAS`.
         seed: Seed of the example draw.
         progress: Show a progress bar.
+        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the fitted LREs are kept
+            there, and a fit given it again reads them back instead of computing the Jacobians again.
 
     Returns:
         ``{layer: LinearRelation}``.
@@ -216,6 +220,8 @@ def fit_lre(
     Raises:
         PatchscopesError: Too few examples, bad layers or β.
     """
+    store = open_run_dir(run_dir, command="fit_lre", models=[model], data=relation,
+                         settings=settings_of(locals(), exclude=("model", "relation")))
     start = time.perf_counter()
     layer_list = [model.check_layer(x, "layer") for x in ([layers] if isinstance(layers, int) else layers)]
     layer_list = list(dict.fromkeys(layer_list))
@@ -224,6 +230,9 @@ def fit_lre(
     chosen = choose_examples(relation, examples, seed=seed) if isinstance(examples, int) else list(examples)
     if len(chosen) < 2:
         raise PatchscopesError(f"an LRE needs at least 2 examples, got {len(chosen)}")
+    saved = _load_lres(store, relation, layer_list) if store is not None else None
+    if saved is not None:
+        return saved
     template = lre_template(relation)
     last = model.num_layers - 1
     jac, hs, zs, top = [], [], [], []
@@ -258,6 +267,38 @@ def fit_lre(
                   "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
         out[layer] = LinearRelation(relation.name, relation.key, layer, weight, bias, betas[best], template,
                                     chosen, config)
+    if store is not None:
+        _save_lres(store, out)
+    return out
+
+
+_LRE_STATE = "lre"
+
+
+def _save_lres(store: RunDir, lres: dict[int, LinearRelation]) -> None:
+    """Keep fitted LREs in a run directory (tensors and, as JSON, everything else of each)."""
+    tensors, meta = {}, {}
+    for layer, lre in lres.items():
+        tensors[f"{layer}.weight"], tensors[f"{layer}.bias"] = lre.weight, lre.bias
+        meta[str(layer)] = {"relation": lre.relation, "key": lre.key, "beta": lre.beta, "template": lre.template,
+                            "examples": [[x.subject, x.object, list(x.aliases)] for x in lre.examples],
+                            "config": lre.config}
+    store.save_state(_LRE_STATE, tensors, meta)
+
+
+def _load_lres(store: RunDir, relation: Relation, layers: Sequence[int]) -> dict[int, LinearRelation] | None:
+    """The LREs a previous fit kept in ``store`` (``None`` if it has not finished)."""
+    saved = store.load_state(_LRE_STATE)
+    if saved is None or any(str(layer) not in saved[1] for layer in layers):
+        return None
+    tensors, meta = saved
+    out = {}
+    for layer in layers:
+        m = meta[str(layer)]
+        examples = [RelationSample(s, o, tuple(a)) for s, o, a in m["examples"]]
+        out[layer] = LinearRelation(m["relation"], m["key"], layer, tensors[f"{layer}.weight"],
+                                    tensors[f"{layer}.bias"], float(m["beta"]), m["template"], examples,
+                                    m["config"])
     return out
 
 
@@ -279,6 +320,8 @@ def faithfulness(
     top_k: int = 3,
     engine: Engine = "batched",
     progress: bool = False,
+    executor: Executor | None = None,
+    run_dir: RunDir | str | Path | None = None,
 ) -> pd.DataFrame:
     """The paper's faithfulness: on each test subject's in-context prompt, does the LRE's top token equal the
     model's own top token?
@@ -290,6 +333,8 @@ def faithfulness(
         top_k: Tokens kept of each distribution.
         engine: The patchscope engine.
         progress: Show a progress bar.
+        executor: Who runs the patches (default: this process).
+        run_dir: A run directory keeping the finished shards of patches (see :func:`patchscopes.run`).
 
     Returns:
         One row per subject: ``subject, object, lm_token, lre_token, faithful, lm_correct, lre_correct,
@@ -311,7 +356,7 @@ def faithfulness(
         prompt, end = lre.prompt(s.subject)
         ids, position = _subject_position(model, prompt, end)
         scopes.extend(_scope_pair(lre, ids, position, top_k, mapping))
-    results = run(scopes, model, engine=engine, progress=progress)
+    results = run(scopes, model, engine=engine, progress=progress, executor=executor, run_dir=run_dir)
     rows = []
     for k, s in enumerate(tests):
         lre_r, lm_r = results[2 * k], results[2 * k + 1]

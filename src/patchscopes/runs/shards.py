@@ -1,8 +1,8 @@
 """Shards: consecutive pieces of a run's jobs, each keyed by what it computes, and readings as records.
 
-A shard's key is a fingerprint of its jobs (models, token ids, layers, positions, mapping, readout) and the
-engine, so one run directory can hold the shards of several calls of :func:`patchscopes.run` (an experiment
-makes one per relation or method) and a shard is never read back for other work.
+A shard's key is a fingerprint of its jobs (models, token ids, soft-prompt vectors, layers, positions, mapping,
+readout) and the engine, so one run directory can hold the shards of several calls of :func:`patchscopes.run`
+(an experiment makes one per relation or method) and a shard is never read back for other work.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def plan_shards(jobs: Sequence[Job], shard_size: int | None, engine: str, *, key
              job.source_position, job.source_site, job.target_model.name, job.target_ids, job.target_layer,
              job.target_position, job.target_site, job.add, describe(job.mapping), describe(job.readout),
              job.readout_position, job.answer_ids, canonical(job.writes), canonical(job.noise),
-             canonical(job.knockout)] for job in jobs]
+             canonical(job.knockout)] + ([] if job.target_embeds is None else [canonical(job.target_embeds)])
+            for job in jobs]  # soft-prompt vectors only where there are some: the other keys stay as they were
     return [Shard(k, start, min(start + size, len(jobs)), _digest([engine, keys[start: start + size]]))
             for k, start in enumerate(starts)]
 
