@@ -28,7 +28,7 @@ class Slow(LocalExecutor):
     def run_shards(self, *args, **kwargs):
         for item in super().run_shards(*args, **kwargs):
             yield item
-            time.sleep(0.3)
+            time.sleep(1.0)
 
 ps.sweep(tiny_model("llama"), {PROMPTS!r}, "token-identity", run_dir=sys.argv[1], shard_size={SHARD},
          executor=Slow())
