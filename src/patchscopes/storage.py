@@ -57,3 +57,26 @@ def read_folder(
         raise PatchscopesError(f"could not read {config_path}: {err}", hint=hint) from err
     _, tensors = read_safetensors(weights_path, what, hint=hint)
     return config, tensors
+
+
+def write_folder(directory: str | Path, config_file: str, weights_file: str, config: dict,
+                 tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
+    """Write ``tensors`` (safetensors, with ``metadata``) and ``config`` (JSON) into ``directory``, created if
+    needed: the counterpart of :func:`read_folder`.
+
+    Raises:
+        PatchscopesError: The folder or a file could not be written (``what`` names the object).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(directory / weights_file),
+                  metadata=metadata)
+        (directory / config_file).write_text(json.dumps(config, indent=1) + "\n")
+    except OSError as err:
+        raise PatchscopesError(f"could not write {what} to {directory}: {err.strerror or err}") from err
+    return directory

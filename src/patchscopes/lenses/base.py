@@ -21,7 +21,6 @@ of the fitting documents) and ``lens.json`` (kind, model identity and sizes, dat
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.identity import check_model_identity, compare_identity, model_identity  # noqa: F401 (re-exported)
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.storage import read_folder
+from patchscopes.storage import read_folder, write_folder
 
 LENS_KINDS = ("affine", "tuned")
 CONFIG_FILE = "lens.json"
@@ -106,21 +105,13 @@ class Lens:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``lens.safetensors`` and ``lens.json`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            tensors = {"fit_documents": self.fit_documents.to(torch.long).contiguous().cpu()}
-            for layer, affine in self.maps.items():
-                tensors[f"layer.{layer}.weight"] = affine.weight.detach().contiguous().cpu()
-                tensors[f"layer.{layer}.bias"] = affine.bias.detach().contiguous().cpu()
-            save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, "kind": self.kind})
-            config = {"format": FORMAT, "version": 1, "kind": self.kind, "layers": self.layers, **self.config}
-            (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-        except OSError as err:
-            raise PatchscopesError(f"could not write the lens to {directory}: {err.strerror or err}") from err
-        return directory
+        tensors = {"fit_documents": self.fit_documents.to(torch.long)}
+        for layer, affine in self.maps.items():
+            tensors[f"layer.{layer}.weight"] = affine.weight.detach()
+            tensors[f"layer.{layer}.bias"] = affine.bias.detach()
+        config = {"format": FORMAT, "version": 1, "kind": self.kind, "layers": self.layers, **self.config}
+        return write_folder(directory, CONFIG_FILE, WEIGHTS_FILE, config, tensors,
+                            {"format": FORMAT, "kind": self.kind}, "the lens")
 
     @classmethod
     def load(cls, directory: str | Path, model: LanguageModel | None = None) -> Lens:

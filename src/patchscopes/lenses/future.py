@@ -42,7 +42,7 @@ from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.soft_prompt import SoftPrompt
-from patchscopes.storage import read_folder, read_safetensors
+from patchscopes.storage import read_folder, read_safetensors, write_folder
 
 FIXED_PROMPT = 'Hello! Could you please tell me more about "'
 """The original's first generic context (its ``_COMPARE_CONTEXT``)."""
@@ -215,23 +215,15 @@ class FutureLens:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``future.safetensors`` and ``future.json`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        tensors = {"fit_documents": self.fit_documents.to(torch.long).contiguous()}
+        tensors = {"fit_documents": self.fit_documents.to(torch.long)}
         for (layer, offset), affine in self.linear.items():
-            tensors[f"linear.{layer}.{offset}.weight"] = affine.weight.detach().contiguous().cpu()
-            tensors[f"linear.{layer}.{offset}.bias"] = affine.bias.detach().contiguous().cpu()
+            tensors[f"linear.{layer}.{offset}.weight"] = affine.weight.detach()
+            tensors[f"linear.{layer}.{offset}.bias"] = affine.bias.detach()
         for layer, prompt in self.prompts.items():
-            tensors[f"prompt.{layer}"] = prompt.detach().float().contiguous().cpu()
+            tensors[f"prompt.{layer}"] = prompt.detach().float()
         config = {"format": FORMAT, "version": 1, "layers": self.layers, "offsets": self.offsets, **self.config}
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-            (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-        except OSError as err:
-            raise PatchscopesError(f"could not write the future lens to {directory}: {err.strerror or err}") from err
-        return directory
+        return write_folder(directory, CONFIG_FILE, WEIGHTS_FILE, config, tensors, {"format": FORMAT},
+                            "the future lens")
 
     @classmethod
     def load(cls, directory: str | Path, model: LanguageModel | None = None) -> FutureLens:
