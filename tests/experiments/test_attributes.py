@@ -27,7 +27,6 @@ from patchscopes.experiments.attributes import (
     evaluate_attributes,
     subject_states,
 )
-from patchscopes.testing import tiny_model
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -230,15 +229,6 @@ def test_figure_has_a_heatmap_per_relation(tmp_path):
 
 
 # -- the command -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-attributes")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def invoke(*args: str):
     return runner.invoke(app, ["eval", "attributes", *args], env=ENV)
 

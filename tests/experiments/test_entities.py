@@ -266,17 +266,6 @@ def test_summary_examples_and_figure(tmp_path):
 
 # -- the command -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from patchscopes.testing import tiny_model
-
-    lm = tiny_model("llama")
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def wikides_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "wikides.json"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in WIKIDES_ROWS) + "\n")

@@ -22,7 +22,6 @@ from patchscopes.engine.generation import greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments import multihop as mh
 from patchscopes.resolve import resolve_jobs
-from patchscopes.testing import tiny_model
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -314,15 +313,6 @@ def own_facts(lm, n_subjects: int = 8):
     assert len(pairs) >= 3, "the tiny model should name enough words"
     return [relation("thing maker", ["{} was made by"], "thing", "maker", pairs),
             relation("maker boss", ["The boss of {} is"], "maker", "person", sorted(seconds.items()))]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-mh")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def invoke(*args, env=None):

@@ -161,15 +161,6 @@ def test_lens_methods_exclude_fit_documents_and_refuse_other_models(tiny_llama, 
 
 # -- the commands -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-nt")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "docs.txt"
     path.write_text(" = Heading =\n\n" + "\n\n".join(TEXTS) + "\n\nx\n")

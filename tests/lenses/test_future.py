@@ -149,15 +149,6 @@ def test_evaluation_records_engines_agree_and_fit_documents_are_left_out(tiny_ll
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-future")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("future-text") / "text.txt"
     path.write_text("\n\n".join(DOCS * 2 + [d.upper() for d in DOCS]))

@@ -168,15 +168,6 @@ def test_eval_attributes_with_the_lre_method(tiny_llama):
     assert {"lre", "lre-faithfulness"} <= methods
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-lre")
-    lm = tiny_model("llama")
-    lm.hf.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def _relation_file(folder, n):
     data = {"name": "toy color", "prompt_templates": ["The color of {} is"],
             "samples": [{"subject": f"th{i}", "object": COLORS[i % 3]} for i in range(n)]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -17,14 +16,6 @@ ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false
 
 def invoke(*args: str):
     return runner.invoke(app, list(args), env=ENV)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_llama):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.hf.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_inspect_resumes_from_its_run_dir_and_refuses_other_settings(tiny_dir, tmp_path):
