@@ -22,7 +22,7 @@ import torch
 from patchscopes.errors import PatchscopesError
 from patchscopes.identity import check_model_identity, model_identity
 from patchscopes.models import LanguageModel
-from patchscopes.storage import read_safetensors
+from patchscopes.storage import read_safetensors, write_safetensors
 
 FORMAT = "patchscopes-soft-prompt"
 
@@ -83,22 +83,14 @@ class SoftPrompt:
 
     def save(self, path: str | Path, model: LanguageModel | None = None) -> Path:
         """Write the vectors as safetensors; with ``model``, record its identity (checked on loading)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         meta = dict(self.metadata)
         if model is not None:
             self.check_model(model)
             meta["model"] = model_identity(model)
         info = {"name": self.name, "before": self.before if isinstance(self.before, str) else list(self.before),
                 "after": self.after if isinstance(self.after, str) else list(self.after), "metadata": meta}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"vectors": self.vectors.detach().float().contiguous().cpu()}, str(path),
-                      metadata={"format": FORMAT, "soft_prompt": json.dumps(info)})
-        except OSError as err:
-            raise PatchscopesError(f"could not write the soft prompt to {path}: {err.strerror or err}") from err
-        return path
+        return write_safetensors(path, {"vectors": self.vectors.detach().float()},
+                                 {"format": FORMAT, "soft_prompt": json.dumps(info)}, "the soft prompt")
 
     @classmethod
     def load(cls, path: str | Path, model: LanguageModel | None = None) -> SoftPrompt:

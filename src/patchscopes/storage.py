@@ -59,6 +59,24 @@ def read_folder(
     return config, tensors
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
+    """Write ``tensors`` (made contiguous, on the CPU) with ``metadata`` to the safetensors file ``path``, its
+    folder created if needed: the counterpart of :func:`read_safetensors`.
+
+    Raises:
+        PatchscopesError: The file could not be written (``what`` names the object).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+    except OSError as err:
+        raise PatchscopesError(f"could not write {what} to {path}: {err.strerror or err}") from err
+    return path
+
+
 def write_folder(directory: str | Path, config_file: str, weights_file: str, config: dict,
                  tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
     """Write ``tensors`` (safetensors, with ``metadata``) and ``config`` (JSON) into ``directory``, created if

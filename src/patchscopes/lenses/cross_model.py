@@ -48,6 +48,7 @@ from patchscopes.mappings import Affine, affine_metadata
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.specs import Spec, parse_spec
+from patchscopes.storage import write_safetensors
 
 FORMAT = "patchscopes-cross-model-map"
 
@@ -271,19 +272,11 @@ class CrossModelMap:
 
     def save(self, path: str | Path) -> Path:
         """Write every pair into one safetensors file (see the module's description)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {"fit_documents": self.fit_documents.to(torch.long).contiguous().cpu()}
+        tensors = {"fit_documents": self.fit_documents.to(torch.long)}
         for (layer, target_layer), affine in self.maps.items():
-            tensors[f"map.{layer}.{target_layer}.weight"] = affine.weight.detach().float().contiguous().cpu()
-            tensors[f"map.{layer}.{target_layer}.bias"] = affine.bias.detach().float().contiguous().cpu()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(path), metadata=self.metadata())
-        except OSError as err:
-            raise PatchscopesError(f"could not write the map to {path}: {err.strerror or err}") from err
-        return path
+            tensors[f"map.{layer}.{target_layer}.weight"] = affine.weight.detach().float()
+            tensors[f"map.{layer}.{target_layer}.bias"] = affine.bias.detach().float()
+        return write_safetensors(path, tensors, self.metadata(), "the map")
 
     @classmethod
     def load(

@@ -44,7 +44,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.runner import Engine, run
 from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
-from patchscopes.storage import read_safetensors
+from patchscopes.storage import read_safetensors, write_safetensors
 
 FORMAT = "patchscopes-lre"
 DEFAULT_EXAMPLES = 8
@@ -133,19 +133,11 @@ class LinearRelation:
 
     def save(self, path: str | Path) -> Path:
         """Write the LRE as a safetensors file."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         meta = {"relation": self.relation, "key": self.key, "layer": self.layer, "beta": self.beta,
                 "template": self.template,
                 "examples": [[x.subject, x.object, list(x.aliases)] for x in self.examples], **self.config}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"weight": self.weight.contiguous().cpu(), "bias": self.bias.contiguous().cpu()}, str(path),
-                      metadata={"format": FORMAT, "lre": json.dumps(meta)})
-        except OSError as err:
-            raise PatchscopesError(f"could not write the LRE to {path}: {err.strerror or err}") from err
-        return path
+        return write_safetensors(path, {"weight": self.weight, "bias": self.bias},
+                                 {"format": FORMAT, "lre": json.dumps(meta)}, "the LRE")
 
     @classmethod
     def load(cls, path: str | Path, model: LanguageModel | None = None) -> LinearRelation:
