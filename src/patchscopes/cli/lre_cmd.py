@@ -68,8 +68,7 @@ def fit_lre_command(
     arguments = {**locals(), "lre_examples": examples}  # (--examples is a setting here, not an output)
     if out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
-    if json_path is not None and json_path.suffix.lower() != ".json":
-        raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
+    opt.check_output_paths(json_path, None)
     if beta is not None and not beta > 0:
         raise PatchscopesError(f"--beta must be positive, got {beta}")
     rel = load_relation(relation)

@@ -139,13 +139,19 @@ class Lens:
 
     def overlaps(self, digests: Sequence[str]) -> list[bool]:
         """For each document digest, whether the lens was fitted on that document."""
-        fitted = set(self.fit_documents.tolist())
-        return [digest_key(d) in fitted for d in digests]
+        return fitted_on(self.fit_documents, digests)
 
 
 def digest_key(digest: str) -> int:
     """A document's SHA-256 hex digest as a 60-bit integer (its first 15 hex digits)."""
     return int(digest[:15], 16)
+
+
+def fitted_on(fit_documents: torch.Tensor, digests: Sequence[str]) -> list[bool]:
+    """For each document digest, whether it is among ``fit_documents`` (the :func:`digest_key` of each document a
+    lens or map was fitted on)."""
+    fitted = set(fit_documents.tolist())
+    return [digest_key(d) in fitted for d in digests]
 
 
 def identity_map(d: int) -> Affine:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from patchscopes.data.text import Document, data_fingerprint, special_prefix
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.affine import fit_affine
-from patchscopes.lenses.base import compare_identity, digest_key, model_identity
+from patchscopes.lenses.base import compare_identity, digest_key, fitted_on, model_identity
 from patchscopes.lenses.fit_data import capture_all_layers
 from patchscopes.mappings import Affine, affine_metadata
 from patchscopes.models import LanguageModel
@@ -330,8 +330,7 @@ class CrossModelMap:
 
     def overlaps(self, digests: Sequence[str]) -> list[bool]:
         """For each document digest, whether the map was fitted on that document."""
-        fitted = set(self.fit_documents.tolist())
-        return [digest_key(d) in fitted for d in digests]
+        return fitted_on(self.fit_documents, digests)
 
 
 def collect_aligned_states(

@@ -37,7 +37,7 @@ from patchscopes.engine import capture_states, greedy_token_ids
 from patchscopes.engine.gradients import embed_tokens, soft_prompt_logits
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.affine import AffineAccumulator
-from patchscopes.lenses.base import check_model_identity, compare_identity, digest_key, model_identity
+from patchscopes.lenses.base import check_model_identity, compare_identity, digest_key, fitted_on, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
@@ -210,8 +210,7 @@ class FutureLens:
 
     def overlaps(self, digests: Sequence[str]) -> list[bool]:
         """For each document digest, whether the lens was fitted on that document."""
-        fitted = set(self.fit_documents.tolist())
-        return [digest_key(d) in fitted for d in digests]
+        return fitted_on(self.fit_documents, digests)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``future.safetensors`` and ``future.json`` into ``directory``."""
