@@ -51,7 +51,7 @@ def capture_states(
         if bad:
             raise PatchscopesError(f"position {bad[0]} is outside a sequence of {len(seq)} tokens")
     if len(sequences) > 1 and not model.fast_path.left_padding:  # padded rows would not be exact: one at a time
-        return torch.cat([capture_states(model, [s], [p], layers) for s, p in zip(sequences, positions)])
+        return torch.cat([capture_states(model, [s], [p], layers, site) for s, p in zip(sequences, positions)])
     d = model.hidden_size
     if not any(len(p) for p in positions):
         return torch.zeros(0, len(layers), d)
