@@ -25,13 +25,18 @@ def test_the_embeddings_of_a_prompt_as_a_soft_prompt_equal_the_prompt(family, en
     n_before = 2
     soft = ps.SoftPrompt(_embeddings(lm, ids[n_before:-2]), before=tuple(ids[:n_before]), after=tuple(ids[-2:]))
     source = ps.Source("the cat sat on the mat", layer=1, position=-2)
-    for readout in (ps.NextToken(top_k=4, full_logits=True), ps.Generate(max_new_tokens=4)):
+    for readout in (ps.NextToken(top_k=4, full_logits=True), ps.Generate(max_new_tokens=4),
+                    ps.Generate(max_new_tokens=4, relevancy=True)):
         plain = ps.run(ps.Patchscope(source, ps.Target(tuple(ids), 1, -3), readout), lm, engine=engine)[0]
         patched = ps.run(ps.Patchscope(source, ps.Target(soft, 1, -3), readout), lm, engine=engine)[0]
         assert patched.top_tokens == plain.top_tokens
         assert torch.allclose(torch.tensor(patched.top_probs), torch.tensor(plain.top_probs), atol=1e-5)
         if isinstance(readout, ps.Generate):
             assert patched.generated_text == plain.generated_text
+            if readout.relevancy:  # scored on the soft prompt's vectors, not on the placeholders under them
+                assert plain.readings.relevancy is not None and len(plain.readings.relevancy) > 0
+                assert torch.allclose(torch.tensor(patched.readings.relevancy),
+                                      torch.tensor(plain.readings.relevancy), atol=1e-5)
         else:
             assert torch.allclose(patched.logits, plain.logits, atol=1e-4)
 

@@ -120,5 +120,5 @@ def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> Non
         key = (id(job.target_model), job.target_ids, soft, job.readout_position, job.readout)
         if key not in cache:
             cache[key] = target_run(job.target_model, job.target_ids, job.readout,
-                                    readout_position=job.readout_position, patch=None, embeds=job.target_embeds)
+                                    readout_position=job.readout_position, embeds=job.target_embeds)
         result.baseline = cache[key]

@@ -20,7 +20,6 @@ Only top-k readings are kept unless full logits are asked for. Results equal the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -34,7 +33,7 @@ from patchscopes.engine.layer_skipping import staircase, unpatched_suffix_states
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.prefix import expand_cache, prefix_cache, prefixed_cache, shared_prefix_view
 from patchscopes.engine.readouts import Generate, NextToken, Readings
-from patchscopes.engine.reference import run_reference
+from patchscopes.engine.reference import target_run
 from patchscopes.engine.relevancy import relevancy_scores
 from patchscopes.engine.row_hooks import row_hooks, suffix_start
 from patchscopes.engine.shared_base import run_shared_base, takes_shared_base
@@ -74,13 +73,17 @@ def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list
 def _run_soft_targets(jobs: Sequence[Job], values: dict[int, torch.Tensor], progress) -> dict[int, Readings]:
     """Jobs whose target has a soft prompt: plain next-token patches in groups (same target, vectors, layer,
     positions) in :func:`~patchscopes.engine.soft.run_soft_group`; generation, and soft prompts with further
-    interventions (writes, noise, knockout, answers), job by job through the reference engine."""
+    interventions (writes, noise, knockout, answers), job by job through the reference engine's target run
+    (with f(h) already captured; relevancy is added by :func:`run_batched`)."""
     groups: dict[tuple, list[Job]] = defaultdict(list)
     out: dict[int, Readings] = {}
     for job in jobs:
-        if isinstance(job.readout, Generate) or not dataclasses.replace(job, target_embeds=None).is_plain:
+        if isinstance(job.readout, Generate) or not job.is_single_patch:
             with torch.no_grad():
-                out[job.index] = run_reference([job])[0]
+                out[job.index] = target_run(
+                    job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
+                    writes=job.all_writes(values.get(job.index)), noise=job.noise,
+                    knockout=job.knockout, answer_ids=job.answer_ids, embeds=job.target_embeds)
             _tick(progress, 1)
             continue
         key = (job.target_model, len(job.target_ids), soft_key(job.target_embeds),  # type: ignore[arg-type]

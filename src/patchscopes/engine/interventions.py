@@ -15,6 +15,7 @@ tokens a forward actually runs (``offset`` tokens come from a key/value cache).
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -193,6 +194,31 @@ def registered(model: LanguageModel, plan: dict[tuple[int, str], list[Callable]]
     finally:
         for handle in handles:
             handle.remove()
+
+
+def one_row_hooks(model: LanguageModel, writes: Sequence[Write], noise: Noise | None, knockout: Knockout | None,
+                  *, once: bool = False, knockout_rows: Sequence[int] | None = (0,),
+                  ) -> tuple[dict[tuple[int, str], list[Callable]], dict[int, list[Callable]]]:
+    """The hooks of a one-row target run, for :func:`registered`: one write hook per write, in order (the noise
+    first, then ``writes``), and the knockout's attention pre-hooks (its support checked first).
+
+    Args:
+        model: The target model.
+        writes: The writes after the noise (the patch first, where there is one).
+        noise: Embedding noise, or ``None``.
+        knockout: Attention edges to cut, or ``None``.
+        once: Hooks act on the first forward only (generation: the prompt's prefill).
+        knockout_rows: The rows the knockout applies to (``None``: every row).
+    """
+    plan: dict[tuple[int, str], list[Callable]] = defaultdict(list)
+    for w in (noise_write(noise) if noise is not None else []) + list(writes):
+        plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [w.add], once=once))
+    pre: dict[int, list[Callable]] = {}
+    if knockout is not None:
+        check_knockout_support(model)
+        rows = None if knockout_rows is None else list(knockout_rows)
+        pre = {layer: [knockout_pre_hook(rows, knockout.query, knockout.keys, once=once)] for layer in knockout.layers}
+    return plan, pre
 
 
 def noise_write(noise: Noise) -> list[Write]:

@@ -54,12 +54,17 @@ class Job:
     target_embeds: tuple[int, torch.Tensor] | None = None
 
     @property
-    def is_plain(self) -> bool:
-        """A single block-output replacement with no other intervention (the original fast paths)."""
+    def is_single_patch(self) -> bool:
+        """A single block-output replacement with no write, noise, knockout or answer readout (the target's
+        input may still be a soft prompt)."""
         return (self.source_model is not None and not self.add and not self.writes and self.noise is None
                 and self.knockout is None and not self.answer_ids and self.source_site == "block"
-                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0
-                and self.target_embeds is None)
+                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0)
+
+    @property
+    def is_plain(self) -> bool:
+        """A single block-output replacement with no other intervention (the original fast paths)."""
+        return self.is_single_patch and self.target_embeds is None
 
     def all_writes(self, value: torch.Tensor | None) -> list[Write]:
         """Every write of the target run, the patch first, with ``value`` (f(h)) filled in where needed."""

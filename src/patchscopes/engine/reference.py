@@ -8,7 +8,6 @@ kept as the ground truth the batched engine is tested against (``engine="referen
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -18,12 +17,9 @@ from patchscopes.engine.interventions import (
     Knockout,
     Noise,
     Write,
-    check_knockout_support,
-    knockout_pre_hook,
-    noise_write,
+    one_row_hooks,
     registered,
     site_module,
-    write_hook,
 )
 from patchscopes.engine.jobs import Job, answer_logprobs, finish_generation, top_readings
 from patchscopes.engine.readouts import Generate, NextToken, Readings
@@ -52,32 +48,18 @@ def target_run(
     readout: NextToken | Generate,
     *,
     readout_position: int | None,
-    patch: tuple[int, int, torch.Tensor] | None,
     writes: Sequence[Write] = (),
     noise: Noise | None = None,
     knockout: Knockout | None = None,
     answer_ids: Sequence[int] = (),
     embeds: tuple[int, torch.Tensor] | None = None,
 ) -> Readings:
-    """Run the target prompt once, patched at ``(layer, position, value)`` (or not), with any further
-    ``writes``, embedding ``noise`` and attention ``knockout``; ``embeds`` (a soft prompt: ``(offset, (k, d)
-    vectors)``) replaces the token embeddings at those positions."""
+    """Run the target prompt once with its ``writes`` (the patch first; none for the unpatched run), embedding
+    ``noise`` and attention ``knockout``; ``embeds`` (a soft prompt: ``(offset, (k, d) vectors)``) replaces the
+    token embeddings at those positions."""
     input_ids = torch.tensor([ids])
     mask = torch.ones_like(input_ids)
-    once = isinstance(readout, Generate)
-    all_writes = list(noise_write(noise)) if noise is not None else []
-    if patch is not None:
-        layer, position, value = patch
-        all_writes.append(Write(layer, position, value))
-    all_writes += list(writes)
-    plan: dict[tuple[int, str], list] = defaultdict(list)
-    for w in all_writes:  # one hook per write, in order: noise first, then the patch, then the writes
-        plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [w.add], once=once))
-    pre = {}
-    if knockout is not None:
-        check_knockout_support(model)
-        pre = {layer: [knockout_pre_hook([0], knockout.query, knockout.keys, once=once)]
-               for layer in knockout.layers}
+    plan, pre = one_row_hooks(model, writes, noise, knockout, once=isinstance(readout, Generate))
     with registered(model, plan, pre), embeds_on(model, embeds):
         if isinstance(readout, NextToken):
             logits, _ = model.forward(input_ids, attention_mask=mask)
@@ -128,7 +110,7 @@ def run_reference(jobs: Iterable[Job], progress=None) -> list[Readings]:
         writes = job.all_writes(value)
         readings = target_run(
             job.target_model, job.target_ids, job.readout, readout_position=job.readout_position,
-            patch=None, writes=writes, noise=job.noise, knockout=job.knockout, answer_ids=job.answer_ids,
+            writes=writes, noise=job.noise, knockout=job.knockout, answer_ids=job.answer_ids,
             embeds=job.target_embeds,
         )
         if isinstance(job.readout, Generate) and job.readout.relevancy:

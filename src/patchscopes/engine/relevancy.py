@@ -9,20 +9,17 @@ with this one function after generating.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 
 from patchscopes.engine.interventions import (
     Write,
-    check_knockout_support,
-    knockout_pre_hook,
-    noise_write,
+    one_row_hooks,
     registered,
-    write_hook,
 )
 from patchscopes.engine.jobs import Job
+from patchscopes.engine.soft import embeds_on
 
 
 def relevancy_scores(job: Job, value: torch.Tensor | None, generated: Sequence[int]) -> list[float]:
@@ -37,14 +34,8 @@ def relevancy_scores(job: Job, value: torch.Tensor | None, generated: Sequence[i
 def _token_probs(job: Job, writes: Sequence[Write], generated: Sequence[int]) -> list[float]:
     model, ids = job.target_model, list(job.target_ids)
     sequence = torch.tensor([ids + list(generated)])
-    plan: dict = defaultdict(list)
-    for w in (noise_write(job.noise) if job.noise is not None else []) + list(writes):
-        plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [w.add]))
-    pre = {}
-    if job.knockout is not None:
-        check_knockout_support(model)
-        pre = {layer: [knockout_pre_hook([0], job.knockout.query, job.knockout.keys)] for layer in job.knockout.layers}
-    with torch.no_grad(), registered(model, plan, pre):
+    plan, pre = one_row_hooks(model, writes, job.noise, job.knockout)
+    with torch.no_grad(), registered(model, plan, pre), embeds_on(model, job.target_embeds):
         logits, _ = model.forward(sequence, attention_mask=torch.ones_like(sequence))
     probs = torch.softmax(logits[0, len(ids) - 1: len(ids) - 1 + len(generated)].float(), dim=-1)
     return probs[torch.arange(len(generated)), torch.tensor(list(generated), device=probs.device)].tolist()

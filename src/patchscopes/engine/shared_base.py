@@ -29,11 +29,9 @@ from patchscopes.engine.hooks import capture_hook
 from patchscopes.engine.interventions import (
     EMBEDDINGS,
     Write,
-    check_knockout_support,
     knockout_pre_hook,
-    noise_write,
+    one_row_hooks,
     registered,
-    write_hook,
 )
 from patchscopes.engine.jobs import Job
 from patchscopes.engine.layer_skipping import staircase
@@ -61,18 +59,10 @@ def _base_run(model: LanguageModel, ids: Sequence[int], job: Job):
     where its cache cannot be cut and shared (sliding-window or other cache layers)."""
     n = len(ids)
     store: dict = {}
-    plan: dict = defaultdict(list)
-    if job.noise is not None:
-        for w in noise_write(job.noise):
-            plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [True]))
+    plan, pre = one_row_hooks(model, [], job.noise, job.knockout, knockout_rows=None)
     for layer in range(model.num_layers):
         plan[(layer, "block")].append(
             capture_hook(torch.zeros(n, dtype=torch.long), torch.arange(n), store, layer, stop=False))
-    pre = {}
-    if job.knockout is not None:
-        check_knockout_support(model)
-        pre = {layer: [knockout_pre_hook(None, job.knockout.query, job.knockout.keys)]
-               for layer in job.knockout.layers}
     input_ids = torch.tensor([list(ids)])
     with registered(model, plan, pre):
         _, cache = model.forward(input_ids, attention_mask=torch.ones_like(input_ids),
