@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from patchscopes.engine.readouts import Readings
+from patchscopes.engine.readouts import READING_FIELDS, Readings
 from patchscopes.errors import PatchscopesError
 
 __all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results", "to_records"]
@@ -80,12 +80,7 @@ class PatchResult:
         """A flat, JSON-safe dict (no tensors)."""
         # (not dataclasses.asdict: it would deep-copy the readings, logits included, only to drop them)
         record = {name: getattr(self, name) for name in _COORDINATES}
-        r = self.readings
-        record.update(
-            top_tokens=r.top_tokens, top_token_ids=r.top_token_ids, top_probs=r.top_probs,
-            generated_text=r.generated_text, generated_token_ids=r.generated_token_ids,
-            answer_probs=r.answer_probs, relevancy=r.relevancy,
-        )
+        record.update({name: getattr(self.readings, name) for name in READING_FIELDS})
         b = self.baseline
         record.update(
             baseline_top_tokens=None if b is None else b.top_tokens,
@@ -115,7 +110,7 @@ def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        path.write_text(json.dumps(_records(frame), indent=1, ensure_ascii=False))
+        path.write_text(json.dumps(to_records(frame), indent=1, ensure_ascii=False))
     elif suffix == ".csv":
         out = frame.copy()
         for col in out.columns:
@@ -157,10 +152,6 @@ def to_records(frame: pd.DataFrame) -> list[dict]:
 
     List columns become plain lists and missing values ``None``, so the records go straight to ``json.dumps``.
     """
-    return _records(frame)
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
     records = frame.to_dict(orient="records")
     for rec in records:
         for key, value in rec.items():

@@ -10,7 +10,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from patchscopes.engine import BatchBudget, Job, Readings, target_run
+from patchscopes.engine import BatchBudget, Job, Readings, job_models, target_run
 from patchscopes.engine.soft import soft_key
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -74,7 +74,7 @@ def run(
     if shard_size is None and (run_dir is not None or not isinstance(executor, LocalExecutor)):
         shard_size = DEFAULT_SHARD_SIZE
     shards = plan_shards(jobs, shard_size, engine, keyed=run_dir is not None)
-    models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m is not None))
+    models = job_models(jobs)
     store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
                          models=models, data=[shard.key for shard in shards])
     readings: list[Readings | None] = [None] * len(jobs)
@@ -104,8 +104,7 @@ def run(
 
 def batched_applies(jobs: Sequence[Job]) -> bool:
     """Whether the batched engine is exact on every model of ``jobs``; warns naming those it is not."""
-    models = {id(m): m for job in jobs for m in (job.source_model, job.target_model) if m is not None}
-    slow = [m for m in models.values() if not m.fast_path.batched]
+    slow = [m for m in job_models(jobs) if not m.fast_path.batched]
     for model in slow:
         warnings.warn(f"{model.name}: the batched engine's fast path does not apply ({model.fast_path.reason}); "
                       "running the reference engine, one hooked forward per patch", stacklevel=3)

@@ -25,7 +25,7 @@ from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_b
 from patchscopes.engine.capture import capture_states
 from patchscopes.engine.generation import greedy_generate, greedy_token_ids
 from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Write
-from patchscopes.engine.jobs import Job
+from patchscopes.engine.jobs import Job, job_models
 from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readings, Readout
 from patchscopes.engine.reference import run_reference, target_run
 
@@ -46,6 +46,7 @@ __all__ = [
     "device_budget",
     "greedy_generate",
     "greedy_token_ids",
+    "job_models",
     "run_batched",
     "run_reference",
     "target_run",

@@ -81,6 +81,11 @@ def answer_logprobs(logprobs: torch.Tensor, ids: Sequence[int]) -> list[float]:
     return [float(logprobs[i].exp()) for i in ids]
 
 
+def job_models(jobs: Sequence[Job]) -> list[LanguageModel]:
+    """The distinct models the jobs run (sources and targets), in order of first use."""
+    return list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m is not None))
+
+
 def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: bool) -> list[Readings]:
     """Top-k tokens and probabilities of each row of ``logits`` ``(n, vocab)``."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -6,7 +6,7 @@ root package re-exports them as part of the paper's notation (:mod:`patchscopes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -115,3 +115,7 @@ class Readings:
     logits: torch.Tensor | None = field(default=None, repr=False)
     answer_probs: list[float] | None = None  # AnswerProbs: p(first token of each answer)
     relevancy: list[float] | None = None  # Generate(relevancy=True): one score per generated token
+
+
+READING_FIELDS = tuple(f.name for f in fields(Readings) if f.name != "logits")
+"""The fields of :class:`Readings` that go into records and shard files (the full logits go apart, as tensors)."""

@@ -193,7 +193,7 @@ class LanguageModel:
         out = self.hf(**kwargs)
         if not use_cache:
             return out.logits, None
-        key = "cache" if self._cache_kwarg == "cache" else "past_key_values"
+        key = self._cache_kwarg
         return out.logits, out.get(key) if hasattr(out, "get") else getattr(out, key, None)
 
     def token_at_char(self, prompt: str, ids: Sequence[int], char: int) -> int:

@@ -198,15 +198,9 @@ def load_model(
             hf_model = _from_pretrained(source, kwargs)
     except PatchscopesError:
         raise
-    except OSError as err:
-        if source == name and hub_offline():
-            raise unknown_model_error(name, offline=True) from err
-        raise PatchscopesError(
-            f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-            hint=f"use an embedded alias ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local model folder, "
-            "or a hub id where the Hugging Face hub is reachable",
-        ) from err
     except Exception as err:
+        if isinstance(err, OSError) and source == name and hub_offline():
+            raise unknown_model_error(name, offline=True) from err
         raise PatchscopesError(
             f"could not load model {name!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
             hint=f"use an embedded alias ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local model folder, "

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from patchscopes.engine import BatchBudget, Job, Readings, device_budget, run_batched, run_reference
+from patchscopes.engine import BatchBudget, Job, Readings, device_budget, job_models, run_batched, run_reference
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.runs.shards import Shard
@@ -30,7 +30,7 @@ def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, p
     with torch.no_grad():
         if engine == "batched":
             if budget is None:
-                budget = device_budget(list({m for j in jobs for m in (j.source_model, j.target_model) if m}))
+                budget = device_budget(job_models(jobs))
             return run_batched(jobs, budget, progress=progress)
         if engine == "reference":
             return run_reference(jobs, progress=progress)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from patchscopes.engine import job_models
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
 from patchscopes.resolve import resolve_jobs
@@ -238,7 +239,7 @@ class RayExecutor:
     def run_shards(self, scopes, jobs, shards, *, model, engine, budget, progress=None):
         """See :meth:`patchscopes.runs.Executor.run_shards`: shards go to the actors, readings come back as each
         shard finishes; a shard whose actor died is queued again and the actor replaced."""
-        models = list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m))
+        models = job_models(jobs)
         self._start(models)
         ray = self._ray()
         default = model.name if model is not None else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from patchscopes.engine import Job, Readings
+from patchscopes.engine.readouts import READING_FIELDS
 from patchscopes.runs.fingerprint import canonical
 
 DEFAULT_SHARD_SIZE = 256
@@ -71,9 +72,7 @@ def readings_to_records(readings: Sequence[Readings]) -> tuple[list[dict], dict[
     """JSON records of readings, and their full logits (where kept) as tensors named by row."""
     records, tensors = [], {}
     for row, r in enumerate(readings):
-        records.append({"top_tokens": r.top_tokens, "top_token_ids": r.top_token_ids, "top_probs": r.top_probs,
-                        "generated_text": r.generated_text, "generated_token_ids": r.generated_token_ids,
-                        "answer_probs": r.answer_probs, "relevancy": r.relevancy})
+        records.append({name: getattr(r, name) for name in READING_FIELDS})
         if r.logits is not None:
             tensors[f"logits.{row}"] = r.logits
     return records, tensors
