@@ -8,7 +8,7 @@ import pytest
 
 import patchscopes as ps
 from patchscopes.runs import LocalExecutor, RunDir
-from patchscopes.runs.run_dir import atomic_write
+from patchscopes.storage import atomic_write
 
 PROMPTS = ["The cat sat on the mat", "Paris is in France"]
 

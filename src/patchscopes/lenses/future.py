@@ -23,7 +23,6 @@ resumable safetensors checkpoint (``checkpoint.safetensors``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.soft_prompt import SoftPrompt
-from patchscopes.storage import read_folder, read_safetensors, write_folder
+from patchscopes.storage import atomic_write, read_folder, read_safetensors, write_folder
 
 FIXED_PROMPT = 'Hello! Could you please tell me more about "'
 """The original's first generic context (its ``_COMPARE_CONTEXT``)."""
@@ -531,11 +530,8 @@ def save_prompt_checkpoint(path: Path, identity: dict, states: dict[int, dict]) 
                     values[f"{index}.{name}"] = value
         meta_states[str(layer)] = {"step": state["step"], "losses": list(state["losses"]),
                                    "param_groups": opt["param_groups"], "optimizer_values": values}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT,
-                                           "checkpoint": json.dumps({"identity": identity, "layers": meta_states})})
-    os.replace(tmp, path)
+    metadata = {"format": FORMAT, "checkpoint": json.dumps({"identity": identity, "layers": meta_states})}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_prompt_checkpoint(path: Path, identity: dict) -> dict[int, dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from patchscopes.lenses.base import (
 from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.storage import atomic_write
 
 
 # -- tuned lens ------------------------------------------------------------------------------------------
@@ -219,10 +219,8 @@ def _save_checkpoint(path: Path, identity: dict, step: int, weights, biases, opt
                 values[key] = value
     meta = {"identity": identity, "step": step, "losses": list(losses), "param_groups": state["param_groups"],
             "optimizer_values": values}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "checkpoint": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT,
+                                                                          "checkpoint": json.dumps(meta)}))
 
 
 def _load_checkpoint(path: Path, identity: dict) -> dict:

@@ -15,10 +15,7 @@ half-read.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.runs.fingerprint import canonical, fingerprint, model_identity
+from patchscopes.storage import atomic_write, write_text_atomic
 
 T = TypeVar("T")
 
@@ -38,27 +36,6 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "patchscopes-run"
 VERSION = 1
 _COMPARED = ("command", "settings", "models", "data")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk and rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class RunDir:
