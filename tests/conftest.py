@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import patchscopes as ps
-from patchscopes.testing import TINY_FAMILIES, byte_tokenizer, tiny_config, tiny_model
+from patchscopes.testing import TINY_FAMILIES, byte_tokenizer, sharpen, tiny_config, tiny_model
 
 # The models here are small: one thread is as fast, and several threads on a shared, busy CPU spin-wait
 # for each other (tiny forwards then get a hundred times slower).
@@ -68,11 +68,7 @@ def wide_llama() -> ps.LanguageModel:
     config.hidden_size = 48
     config.num_hidden_layers = 4
     torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.2)
+    model = sharpen(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
     return ps.LanguageModel(model, tokenizer, name="tiny-llama-wide")
 
 

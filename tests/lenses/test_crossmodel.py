@@ -67,18 +67,14 @@ def bpe_wide() -> ps.LanguageModel:
     """A tiny Llama of width 48 reading with the BPE tokenizer: another tokenizer and another width."""
     from transformers import AutoModelForCausalLM
 
-    from patchscopes.testing import tiny_config
+    from patchscopes.testing import sharpen, tiny_config
 
     tokenizer = bpe_tokenizer()
     config = tiny_config("llama", len(tokenizer))
     config.hidden_size = 48
     config.bos_token_id, config.eos_token_id, config.pad_token_id = None, 1, 0
     torch.manual_seed(2)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.2)
+    model = sharpen(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
     return ps.LanguageModel(model, tokenizer, name="tiny-llama-bpe-48")
 
 
