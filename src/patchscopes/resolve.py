@@ -195,7 +195,7 @@ def _interventions(model: LanguageModel, target: Target, ids: list[int], resolve
 
 
 def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: EmbeddingNoise) -> Noise:
-    """The noise's token positions and vectors (drawn from its seed unless given)."""
+    """The noise's token positions and vectors (drawn from its seed unless given), added or replacing."""
     positions = token_span(model, prompt, ids, noise.positions, "noise position")
     if noise.values is not None:
         values = torch.as_tensor(noise.values).detach()
@@ -209,7 +209,7 @@ def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: Embedding
             raise PatchscopesError(f"the noise scale must be non-negative, got {noise.scale}")
         generator = torch.Generator().manual_seed(int(noise.seed))
         values = torch.randn((len(positions), model.hidden_size), generator=generator) * noise.scale
-    return Noise(positions, values)
+    return Noise(positions, values, replace=bool(noise.replace))
 
 
 def resolve_knockout(model: LanguageModel, prompt, ids: list[int], knockout: AttentionKnockout) -> Knockout:

@@ -82,7 +82,8 @@ class Write:
 
 @dataclass(frozen=True)
 class EmbeddingNoise:
-    """Gaussian noise added to the token embeddings of chosen target tokens (causal tracing's corruption).
+    """Gaussian noise added to (or written over) the token embeddings of chosen target tokens (causal
+    tracing's corruption).
 
     Attributes:
         positions: The tokens: a substring (all of its tokens, last occurrence), a token index, or a tuple
@@ -90,12 +91,14 @@ class EmbeddingNoise:
         scale: The noise's standard deviation ν.
         seed: Seed of the draw (``torch.Generator``): the same seed gives the same noise.
         values: The noise itself, ``(n_tokens, d)``, instead of a draw (``scale`` and ``seed`` are unused).
+        replace: Write the noise over the embeddings instead of adding it (ROME's ``replace=True``).
     """
 
     positions: Positions
     scale: float = 1.0
     seed: int = 0
     values: torch.Tensor | None = field(default=None, repr=False)
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ class Target:
         site: ``"block"`` (default), or the ``"mlp"`` / ``"attn"`` output of block l*.
         add: Add f(h) to the state instead of replacing it.
         writes: Further writes (:class:`Write`), e.g. f(h) at several placeholders or restored states.
-        noise: Gaussian noise on the embeddings of some tokens (:class:`EmbeddingNoise`).
+        noise: Gaussian noise added to (or written over) the embeddings of some tokens (:class:`EmbeddingNoise`).
         knockout: Attention edges to cut (:class:`AttentionKnockout`).
     """
 
