@@ -5,8 +5,9 @@ They use nothing of the engine: raw PyTorch hooks on the Hugging Face modules, o
 exactly as the papers describe the procedures.
 
 - :func:`rome_causal_trace`: causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in
-  GPT"): one batch holds the clean run and the corrupted runs (Gaussian noise on the subject's token
-  embeddings), and for every (token, layer) cell one forward restores the clean state in the corrupted rows.
+  GPT"): one batch holds the clean run and the corrupted runs (Gaussian or uniform noise added to, or written
+  over, the subject's token embeddings), and for every (token, layer) cell one forward restores the clean
+  state in the corrupted rows; :func:`rome_noise` is ROME's own draw of that noise.
 - :func:`selfie_interpret`: SelfIE (Chen, Vondrick and Mao 2024): a hidden state injected at the placeholders of
   an interpretation prompt, greedy generation, and the relevancy score of each generated token.
 - :func:`geva_knockout`: attention knockout (Geva et al. 2023, "Dissecting Recall of Factual Associations in
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,9 +38,20 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def rome_noise(samples: int, n_tokens: int, d: int, scale: float, uniform_noise: bool = False) -> torch.Tensor:
+    """ROME's noise: a fresh ``numpy.random.RandomState(1)`` draws standard normal values (or, with
+    ``uniform_noise``, uniform ones on [-1, 1)) of shape ``(samples, n_tokens, d)``, times ``scale``
+    (float64)."""
+    rs = np.random.RandomState(1)
+    shape = (samples, n_tokens, d)
+    draw = rs.uniform(-1, 1, shape) if uniform_noise else rs.randn(*shape)
+    return scale * torch.from_numpy(draw)
+
+
 def rome_causal_trace(model: LanguageModel, ids: Sequence[int], subject: tuple[int, int], answer: int,
-                      noise: torch.Tensor, kind: str | None = None, window: int = 10
-                      ) -> tuple[float, float, torch.Tensor]:
+                      noise: torch.Tensor | float, kind: str | None = None, window: int = 10, *,
+                      samples: int = 10, uniform_noise: bool = False, replace: bool = False,
+                      token_range: str | Sequence[int] | None = None) -> tuple[float, float, torch.Tensor]:
     """Causal tracing as ROME describes it, one forward per (token, layer) cell.
 
     Args:
@@ -46,23 +59,42 @@ def rome_causal_trace(model: LanguageModel, ids: Sequence[int], subject: tuple[i
         ids: The prompt's token ids.
         subject: The subject's token range ``[begin, end)``.
         answer: The answer's token id.
-        noise: The noise of each corrupted row, ``(samples, end - begin, d)``.
+        noise: The noise of each corrupted row, ``(samples, end - begin, d)``; or, as ROME's ``noise``, a
+            float: the scale of :func:`rome_noise` (``samples`` rows, uniform with ``uniform_noise``).
         kind: ``None`` restores the block output at one layer; ``"mlp"`` / ``"attn"`` restore that module's
             output at the ``window`` layers centred on the cell's layer.
         window: The window's size.
+        samples: The corrupted rows where ``noise`` is a float.
+        uniform_noise: Where ``noise`` is a float, draw it uniform (ROME's ``uniform_noise``).
+        replace: Write the noise over the subject's embeddings instead of adding it (ROME's ``replace``).
+            It corrupts every run here, the baseline too; ROME's ``calculate_hidden_flow`` leaves it out of
+            the call that computes the baseline (``low_score``), which is then measured with added noise.
+        token_range: The tokens traced, the rows of the table: ``None`` (all), ``"subject_last"``
+            (``end - 1``) or a list of token indices, as ROME's ``trace_important_states`` takes.
 
     Returns:
         ``(p_clean, p_corrupted, p_restored)``: p(answer) of the clean run, of the corrupted runs (mean over
-        rows) and of the restored runs, ``(tokens, layers)``.
+        rows) and of the restored runs, ``(traced tokens, layers)``.
     """
-    samples = noise.shape[0]
     n, n_layers = len(ids), model.num_layers
-    inputs = torch.tensor([list(ids)] * (samples + 1), device=model.device)
     begin, end = subject
+    if not isinstance(noise, torch.Tensor):
+        noise = rome_noise(samples, end - begin, model.hidden_size, float(noise), uniform_noise)
+    samples = noise.shape[0]
+    inputs = torch.tensor([list(ids)] * (samples + 1), device=model.device)
+    if token_range is None:
+        token_range = range(n)
+    elif token_range == "subject_last":
+        token_range = [end - 1]
+    elif isinstance(token_range, str):
+        raise ValueError(f"unknown token_range {token_range!r}")
 
     def corrupt(module, args, output):
         output = output.clone()
-        output[1:, begin:end] += noise.to(output.device, output.dtype)
+        if replace:
+            output[1:, begin:end] = noise.to(output.device)
+        else:
+            output[1:, begin:end] += noise.to(output.device)
         return output
 
     def restore(tokens: Sequence[int]):
@@ -90,15 +122,15 @@ def rome_causal_trace(model: LanguageModel, ids: Sequence[int], subject: tuple[i
 
     first = probs([])
     p_clean, p_corrupted = float(first[0]), float(first[1:].mean())
-    table = torch.zeros(n, n_layers)
-    for t in range(n):
+    table = torch.zeros(len(token_range), n_layers)
+    for row, t in enumerate(token_range):
         for layer in range(n_layers):
             if kind is None:
                 cells = [(t, layer)]
             else:
                 lo, hi = max(0, layer - window // 2), min(n_layers, layer - (-window // 2))
                 cells = [(t, j) for j in range(lo, hi)]
-            table[t, layer] = probs(cells)[1:].mean()
+            table[row, layer] = probs(cells)[1:].mean()
     return p_clean, p_corrupted, table
 
 
