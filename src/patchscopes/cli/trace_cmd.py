@@ -17,7 +17,7 @@ from rich.text import Text
 from patchscopes.cli import options as opt
 from patchscopes.cli.app import app, console, write_json, wrote
 from patchscopes.errors import PatchscopesError
-from patchscopes.experiments.causal_tracing import KINDS, causal_trace
+from patchscopes.experiments.causal_tracing import KINDS, NOISE_KINDS, TOKEN_RANGES, causal_trace
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 
@@ -31,6 +31,25 @@ def check_subject(prompt: str, subject: str) -> None:
     if subject.strip() not in prompt:
         raise PatchscopesError(f"the subject {subject!r} does not occur in the prompt {prompt!r}",
                                hint="give --subject exactly as it appears in the prompt")
+
+
+def parse_token_range(text: str) -> str | tuple[int, ...] | None:
+    """``--token-range``: ``all`` (``None``), ``subject_last``, or comma-separated positions such as ``0,-1``.
+
+    Raises:
+        PatchscopesError: Anything else (positions out of range are refused once the prompt is tokenized).
+    """
+    text = text.strip()
+    if text == "all":
+        return None
+    if text in TOKEN_RANGES:
+        return text
+    try:
+        positions = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise PatchscopesError(f"unknown --token-range {text!r}",
+                               hint="use all, subject_last or comma-separated positions such as 0,-1") from None
+    return positions
 
 
 def write_outputs(records: list[dict], figure: Callable[[], object], json_path: Path | None,
@@ -69,8 +88,21 @@ def trace_command(
                                    help="ν, the noise's standard deviation (default: 3 × the embeddings' std).")
     ] = None,
     seed: opt.seed_option("the noise") = 0,
+    noise_kind: Annotated[
+        str, typer.Option("--noise-kind", metavar="KIND",
+                          help="gaussian (N(0, ν²)) or uniform (U(-ν, ν), ROME's uniform_noise).")
+    ] = "gaussian",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Write the noise over the subject's embeddings instead of adding "
+                           "it (ROME's replace).")
+    ] = False,
+    token_range: Annotated[
+        str, typer.Option("--token-range", metavar="RANGE",
+                          help="The positions traced: all, subject_last (ROME's) or comma-separated positions "
+                               "such as 0,-1.")
+    ] = "all",
     model: opt.ModelOption = DEFAULT_MODEL,
-    json_path: opt.json_option("one record per (layer, position)") = None,
+    json_path: opt.json_option("one record per (layer, traced position), with the trace's settings") = None,
     plot: opt.PlotOption = None,
     *,
     runtime: opt.Runtime,
@@ -84,6 +116,8 @@ def trace_command(
           --subject "The Eiffel Tower" --plot trace.html
       patchscopes trace "The Eiffel Tower is located in the city of" \\
           --subject "Eiffel Tower" --kind mlp
+      patchscopes trace "The Eiffel Tower is located in the city of" \\
+          --subject "The Eiffel Tower" --noise-kind uniform --replace --token-range subject_last
     """
     check_subject(prompt, subject)
     if answer is not None and not answer.strip():
@@ -92,15 +126,19 @@ def trace_command(
         raise PatchscopesError(f"unknown --kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if window < 1:
         raise PatchscopesError(f"--window must be at least 1, got {window}")
+    opt.check_choice(noise_kind, NOISE_KINDS, "--noise-kind")
+    positions = parse_token_range(token_range)
     opt.check_output_paths(json_path, plot)
     lm = runtime.load(model)
     trace = causal_trace(lm, prompt, subject, answer=answer, kind=kind, window=window,  # type: ignore[arg-type]
-                         noise_samples=noise_samples, noise_scale=noise_scale, seed=seed, engine=runtime.engine,
-                         progress=True)
+                         noise_samples=noise_samples, noise_scale=noise_scale, seed=seed,
+                         noise_kind=noise_kind, replace=replace, token_range=positions,  # type: ignore[arg-type]
+                         engine=runtime.engine, progress=True)
     console.print(Text.assemble(("causal trace", "bold"), f" · {lm.name} · {prompt!r} · answer {trace.answer!r}"),
                   soft_wrap=True)
     console.print(f"p clean {trace.p_clean:.4f} · p corrupted {trace.p_corrupted:.4f} · total effect "
-                  f"{trace.total_effect:.4f} · ν {trace.noise_scale:.4g} · {trace.noise_samples} noise samples")
+                  f"{trace.total_effect:.4f} · ν {trace.noise_scale:.4g} ({trace.noise_kind}"
+                  f"{', replacing the embeddings' if trace.replace else ''}) · {trace.noise_samples} noise samples")
     console.print(_top_cells(trace))
     write_outputs(trace.records(), trace.figure, json_path, plot)
 
