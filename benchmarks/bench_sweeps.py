@@ -8,6 +8,14 @@ Prints, measured side by side in one run on the same machine:
   (``pip install nnterp 'nnsight==0.6.*'``).
 - Workload B, entity description: 50 entity names × layers 0-9, 20 generated tokens. (a) the naive loop:
   one Hugging Face ``generate`` per patch, patching at prefill; (b) this engine.
+- Workload C, a long shared prefix (issue 20): token identity with a ~512-token few-shot identity target
+  prompt (``word -> word`` lines ending in ``?``, patched at its last token), against the same sweep with the
+  short prompt. Every row shares the target's tokens before i* (the prefix); the floor is the arithmetic the
+  sweep needs with the prefix counted once: the prefix through every block, each row through the blocks
+  above its l* (and one unembedding), and the source prompts once, in token-layers at the model's measured
+  token-layer throughput. Printed with the engine's time, the ratio and the engine's peak memory, and a
+  one-line ``LONG-PREFIX SUMMARY`` to compare runs of different versions of the engine; a few patches are
+  checked against ``engine="reference"`` (top-1 identical).
 - The compute limit: the model's own batched forward throughput (tokens/s), and how far the engine is from
   doing only the tokens a sweep needs.
 
@@ -16,10 +24,14 @@ and generated text. Usage::
 
     python benchmarks/bench_sweeps.py [--model smollm2-135m] [--sentences 4] [--entities 50]
         [--naive-fraction 1.0] [--repeats 3] [--skip-nnterp] [--json out.json]
+    python benchmarks/bench_sweeps.py --long-prefix [--prefix-tokens 512] [--long-prefix-sentences 1]
+        [--check-patches 4] [--json out.json]   # workload C alone (about 2 minutes, one thread)
 
 ``--naive-fraction`` times the naive loop on a fraction of the patches and extrapolates (said in the output).
 The engine, a few seconds per workload, is timed ``--repeats`` times and its median is used; the naive loop
-and nnterp, minutes long, once.
+and nnterp, minutes long, once. ``--long-prefix`` runs workload C alone; ``--skip-long-prefix`` leaves it out.
+The script imports only what the library had before issue 20, so it can time an older checkout too
+(``PYTHONPATH=/path/to/old/src python bench_sweeps.py --long-prefix``).
 """
 
 from __future__ import annotations
@@ -28,14 +40,17 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 
 import patchscopes as ps
-from patchscopes.engine.hooks import hooks_on, patch_hook
 
 SENTENCES = [
     "The Eiffel Tower, completed in 1889 for the World's Fair, still draws millions of visitors to Paris every year.",
@@ -57,6 +72,77 @@ ENTITIES = [
     "Queen Elizabeth II", "Germany", "the Great Wall of China", "Elvis Presley", "Mars", "Netflix", "India",
     "Galileo Galilei", "the Titanic", "Michael Jordan", "Rome", "Amazon", "Winston Churchill", "Japan",
 ]
+
+
+# Words and numbers for the long few-shot identity prompt (workload C); numbers come from a seeded generator.
+IDENTITY_WORDS = [
+    "dog", "house", "river", "green", "apple", "window", "music", "table", "garden", "yellow", "bread",
+    "mountain", "friend", "winter", "paper", "clock", "ocean", "stone", "car", "light", "forest", "coffee",
+    "silver", "train", "book", "chair", "cloud", "horse", "lamp", "orange", "piano", "rain", "school",
+    "summer", "tiger", "water", "bridge", "candle", "desert", "engine",
+]
+
+
+def long_identity_prompt(encode, tokens: int = 512) -> str:
+    """A few-shot token-identity prompt of at most ``tokens`` tokens (as ``encode`` counts them, and as close
+    to it as the lines allow): ``ps.TOKEN_IDENTITY_PROMPT``'s lines, then ``word -> word`` lines of words
+    and numbers, ending in ``?``, the position a token-identity patch writes to."""
+    lines = ps.TOKEN_IDENTITY_PROMPT.split("\n")[:-1]
+    rng = random.Random(0)
+    misses, i = 0, 0
+    while misses < 8:
+        word = str(rng.randint(10, 9999)) if i % 3 == 0 else IDENTITY_WORDS[i % len(IDENTITY_WORDS)]
+        i += 1
+        if len(encode("\n".join([*lines, f"{word} -> {word}", "?"]))) > tokens:
+            misses += 1  # too long: try shorter lines until several in a row do not fit
+            continue
+        lines.append(f"{word} -> {word}")
+        misses = 0
+    return "\n".join([*lines, "?"])
+
+
+def code_version() -> str:
+    """Where ``patchscopes`` was imported from, with the commit of its checkout (``+dirty`` if its src/ has
+    uncommitted changes), so runs of different versions can be told apart."""
+    where = os.path.dirname(os.path.dirname(os.path.abspath(ps.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return f"{where} @ {head}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return where
+
+
+@contextmanager
+def hooks_on(blocks, hooks):
+    """Register ``hooks[layer]`` as a forward hook on ``blocks[layer]`` for the duration of the block.
+
+    The naive loops' own plain PyTorch hooks (the paper's code), independent of the engine's internals, so
+    that the same script times the engine before and after it changes."""
+    handles = [blocks[layer].register_forward_hook(fn) for layer, fn in hooks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def patch_hook(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, *, once: bool = False):
+    """A forward hook writing ``values`` (one vector per row) over a block's output at ``[rows, cols]``;
+    with ``once``, only on the first call (the prefill of a generation)."""
+    state = {"done": False}
+
+    def hook(module, args, output):
+        if once and state["done"]:
+            return output
+        state["done"] = True
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[rows.to(hidden.device), cols.to(hidden.device)] = values.to(hidden.device, hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return hook
 
 
 class PeakRSS:
@@ -90,6 +176,29 @@ class PeakRSS:
     @property
     def mib(self) -> float:
         return (self.peak - self.start) / 2**20
+
+
+class PeakMemory(PeakRSS):
+    """The peak above the start (MiB) of torch's allocator on a GPU, else of the process's resident memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.kind = "GPU allocator" if device.type == "cuda" else "RSS"
+
+    def __enter__(self):
+        if self.device.type != "cuda":
+            return super().__enter__()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type != "cuda":
+            return super().__exit__(*exc)
+        torch.cuda.synchronize(self.device)
+        self.peak = torch.cuda.max_memory_allocated(self.device)
 
 
 def naive_token_identity(lm, sentences, patches_wanted):
@@ -162,6 +271,24 @@ def forward_throughput(lm, rows=64, tokens=32, repeats=3) -> float:
     return rows * tokens / best
 
 
+def token_layer_throughput(lm, rows=32, tokens=32, repeats=2) -> float:
+    """Token-layers per second (one token through one block) of the model's own batched forward, stopped
+    before the unembedding's full logits (the last position's only): rows x tokens x layers / seconds."""
+    ids = torch.randint(100, 1000, (rows, tokens), device=lm.device)
+    mask = torch.ones_like(ids)
+    lm.forward(ids[:4], attention_mask=mask[:4], logits_to_keep=1)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize(lm.device)
+        start = time.perf_counter()
+        lm.forward(ids, attention_mask=mask, logits_to_keep=1)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize(lm.device)
+        best = min(best, time.perf_counter() - start)
+    return rows * tokens * lm.num_layers / best
+
+
 def timed(fn, repeats: int):
     """The median wall time of ``repeats`` calls of ``fn``, every time, and the last result."""
     times, result = [], None
@@ -196,6 +323,15 @@ def main() -> None:
     parser.add_argument("--skip-nnterp", action="store_true")
     parser.add_argument("--skip-description", action="store_true")
     parser.add_argument("--skip-token-identity", action="store_true")
+    parser.add_argument("--long-prefix", action="store_true",
+                        help="run only workload C, the long shared prefix (issue 20)")
+    parser.add_argument("--skip-long-prefix", action="store_true")
+    parser.add_argument("--prefix-tokens", type=int, default=512,
+                        help="length of workload C's few-shot identity target prompt, in tokens")
+    parser.add_argument("--long-prefix-sentences", type=int, default=1,
+                        help="source sentences of workload C (every position x every layer)")
+    parser.add_argument("--check-patches", type=int, default=4,
+                        help="patches of workload C (and of its short-prompt run) checked against engine='reference'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -204,19 +340,27 @@ def main() -> None:
     lm = ps.load_model(args.model, device=args.device)
     sentences = SENTENCES[: args.sentences]
     report: dict = {"model": lm.name, "machine": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "device": str(lm.device)}
+                    "threads": torch.get_num_threads(), "device": str(lm.device),
+                    "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
+                    "command": " ".join(["python", *sys.argv])}
     print(f"model {lm.name}, {lm.num_layers} layers, device {lm.device}, torch threads {torch.get_num_threads()}")
 
-    # ---- compute limit ---------------------------------------------------------------------------------
-    tps = forward_throughput(lm)
-    print(f"model's own batched forward: {tps:,.0f} tokens/s (64 rows x 32 tokens)")
-    report["forward_tokens_per_s"] = tps
+    if args.long_prefix:
+        args.skip_token_identity = args.skip_description = True
 
-    # ---- workload A ------------------------------------------------------------------------------------
+    # ---- compute limit ---------------------------------------------------------------------------------
+    if not args.skip_token_identity:
+        tps = forward_throughput(lm)
+        print(f"model's own batched forward: {tps:,.0f} tokens/s (64 rows x 32 tokens)")
+        report["forward_tokens_per_s"] = tps
+
+    # ---- workloads -------------------------------------------------------------------------------------
     if not args.skip_token_identity:
         workload_a(lm, sentences, args, report, tps)
     if not args.skip_description:
         workload_b(lm, args, report)
+    if not args.skip_long_prefix:
+        workload_c(lm, args, report)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=1)
@@ -325,6 +469,94 @@ def workload_b(lm, args, report) -> None:
     print(f"      speed-up over naive: {t_naive_b / t_engine_b:.1f}x (goal >= 10x)")
     report["B"] = {"patches": len(keys_b), "naive_s": t_naive_b, "engine_s": t_engine_b,
                    "engine_runs_s": times_b, "agree": agree_b, "compared": len(naive_b)}
+
+
+def identity_floor(lm, source_tokens: list[int], target_tokens: int) -> dict:
+    """The token-layers (one token through one block) a token-identity sweep over every position x every
+    layer (l* = l, i* the target's last token) needs, with the target prefix counted once.
+
+    - prefix: the target's tokens before i* through every block, once for all rows;
+    - sources: each source token through every block, once;
+    - rows: each patch's own token (i*) through the blocks above its l*, plus one unembedding, counted as
+      (unembedding weights / block weights) token-layers;
+    - attention: what the token-layers leave out, attention's multiply-adds over the context (the prefix's
+      causal self-attention, and each row's query over the prefix and itself), in token-layers of the
+      block's weights. Reported beside the floor, not in it.
+    """
+    layers = lm.num_layers
+    block = sum(p.numel() for p in lm.arch.blocks[0].parameters())
+    head = lm.arch.unembed.weight.numel() / block
+    d = lm.hidden_size
+    prefix = (target_tokens - 1) * layers
+    sources = sum(source_tokens) * layers
+    rows = sum(source_tokens) * sum((layers - 1 - layer) + head for layer in range(layers))
+    # q.k and attention-weights.v: 2 x context x d multiply-adds per query and block
+    attn_prefix = layers * sum(2 * (t + 1) * d for t in range(target_tokens - 1)) / block
+    attn_rows = sum(source_tokens) * sum(layers - 1 - layer for layer in range(layers)) * 2 * target_tokens * d / block
+    return {"prefix": prefix, "sources": sources, "rows": rows, "unembedding_per_row": head,
+            "total": prefix + sources + rows, "attention": attn_prefix + attn_rows}
+
+
+def _check_reference(lm, sentences, target_prompt, frame, n, seed=0):
+    """Top-1 of ``n`` patches of the sweep, drawn at random, by ``engine="reference"``, against ``frame``'s."""
+    if n <= 0:
+        return 0, 0
+    scopes = ps.plan_sweep(lm, sentences, "token-identity", layers="all", positions="all", top_k=1,
+                           target_prompt=target_prompt)
+    picked = random.Random(seed).sample(scopes, min(n, len(scopes)))
+    ref = ps.run(picked, lm, engine="reference")
+    ours = {(r.source_prompt, r.source_layer, r.source_position): r.top_token_ids[0] for r in frame.itertuples()}
+    same = sum(ours[(r.source_prompt, r.source_layer, r.source_position)] == r.readings.top_token_ids[0]
+               for r in ref)
+    return same, len(ref)
+
+
+def workload_c(lm, args, report) -> None:
+    """A long shared prefix (issue 20): token identity with a ~512-token few-shot target, against the short one."""
+    sentences = SENTENCES[: args.long_prefix_sentences]
+    source_tokens = [len(lm.encode(s)) for s in sentences]
+    long_prompt = long_identity_prompt(lm.encode, args.prefix_tokens)
+    patches = sum(source_tokens) * lm.num_layers
+    version = code_version()
+    tlps = token_layer_throughput(lm)
+    print(f"\nWorkload C: long shared prefix, token identity, {len(sentences)} sentence(s) ({sum(source_tokens)} "
+          f"tokens) x every position x {lm.num_layers} layers = {patches} patches; patchscopes from {version}")
+    print(f"  model's own batched forward: {tlps:,.0f} token-layers/s (32 rows x 32 tokens, last logits only)")
+    out = {"code": version, "patches": patches, "sentences": len(sentences), "source_tokens": sum(source_tokens),
+           "token_layers_per_s": tlps, "memory": "GPU allocator" if lm.device.type == "cuda" else "RSS"}
+    for name, prompt in (("short", ps.TOKEN_IDENTITY_PROMPT), ("long", long_prompt)):
+        target_tokens = len(lm.encode(prompt))
+        floor = identity_floor(lm, source_tokens, target_tokens)
+        ps.sweep(lm, sentences[0], "token-identity", layers=[0], positions=[0], top_k=1,
+                 target_prompt=prompt)  # warm-up: the first call's one-time costs are not the sweep's
+        with PeakMemory(lm.device) as mem:
+            t_engine, times, frame = timed(
+                lambda prompt=prompt: ps.sweep(lm, sentences, "token-identity", layers="all", positions="all",
+                                               top_k=1, target_prompt=prompt), args.repeats)
+        same, checked = _check_reference(lm, sentences, prompt, frame, args.check_patches)
+        t_floor = floor["total"] / tlps
+        t_attn = (floor["total"] + floor["attention"]) / tlps
+        print(f"  {name:>5} target ({target_tokens:4d} tokens, prefix {target_tokens - 1}): engine {t_engine:7.2f} s "
+              f"(median of {_runs(times)}); floor {t_floor:6.2f} s -> {t_engine / t_floor:5.2f}x the floor "
+              f"({t_engine / t_attn:.2f}x with attention); peak +{mem.mib:,.0f} MiB ({mem.kind}); "
+              f"top-1 = reference {same}/{checked}")
+        print(f"        floor: prefix {floor['prefix']:,.0f} + sources {floor['sources']:,.0f} + rows "
+              f"{floor['rows']:,.0f} = {floor['total']:,.0f} token-layers (an unembedding = "
+              f"{floor['unembedding_per_row']:.1f}); attention over the context would add {floor['attention']:,.0f}")
+        out[name] = {"target_tokens": target_tokens, "engine_s": t_engine, "engine_runs_s": times,
+                     "floor_token_layers": floor, "floor_s": t_floor, "over_floor": t_engine / t_floor,
+                     "over_floor_with_attention": t_engine / t_attn, "peak_mib": mem.mib,
+                     "reference_agree": same, "reference_checked": checked}
+    s, lg = out["short"], out["long"]
+    summary = (f"LONG-PREFIX SUMMARY {lm.name} {lm.device} threads={torch.get_num_threads()} patches={patches} "
+               f"prefix={lg['target_tokens'] - 1}: engine {lg['engine_s']:.2f} s, floor {lg['floor_s']:.2f} s, "
+               f"{lg['over_floor']:.2f}x, peak +{lg['peak_mib']:.0f} MiB | short prefix={s['target_tokens'] - 1}: "
+               f"engine {s['engine_s']:.2f} s, {s['over_floor']:.2f}x, peak +{s['peak_mib']:.0f} MiB | top-1 = "
+               f"reference {lg['reference_agree'] + s['reference_agree']}/"
+               f"{lg['reference_checked'] + s['reference_checked']} | {version}")
+    print(summary)
+    out["summary"] = summary
+    report["C"] = out
 
 
 if __name__ == "__main__":
