@@ -107,7 +107,8 @@ def check_family(model_type: str, model_class: str) -> FamilyCoverage:
     layout = _layout(model)
     mid = str(model.num_layers // 2)
     scopes = plan_sweep(model, list(PROMPTS), "token-identity", layers="all", positions="0,-1", top_k=5)
-    scopes += plan_sweep(model, [PROMPTS[0]], "token-identity", layers=mid, positions="-1", max_new_tokens=4)
+    # two generations on one target prompt: rows that share its prefix cache
+    scopes += plan_sweep(model, list(PROMPTS), "token-identity", layers=mid, positions="-1", max_new_tokens=4)
     try:
         expected = run(scopes, model, engine="reference")
         if not model.fast_path.batched:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from patchscopes.engine import AnswerProbs, Generate, Job, NextToken, Readings
-from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise
+from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise, Read, SoftInput
 from patchscopes.engine.interventions import Write as EngineWrite
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import as_mapping, check_mapping
@@ -99,7 +99,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         if isinstance(tgt_prompt, SoftPrompt):  # token ids with placeholders where the vectors go
             tgt_prompt.check_model(tgt_model)
             before, after = tgt_prompt.token_layout(tgt_model)
-            embeds = (len(before), tgt_prompt.vectors.detach())
+            embeds = SoftInput(len(before), tgt_prompt.vectors.detach())
             tgt_prompt = tuple(before + [tgt_model.pad_token_id] * len(tgt_prompt) + after)
         tgt_ids = encode(tgt_model, tgt_prompt, "target prompt")
         if src is not None:
@@ -140,14 +140,20 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         answer_ids = ()
         if isinstance(readout, AnswerProbs):
             answer_ids = tuple(answer_token(tgt_model, tgt.prompt, tgt_ids, a) for a in readout.answers)
+        # In the order they apply: the target's input (soft prompt, noise), the patch, further writes, knockout.
+        interventions = [item for item in (embeds, extras["noise"]) if item is not None]
+        source = None
+        if src is not None:
+            source = Read(src_model, tuple(src_ids), src_layer, src_pos, src.site)
+            interventions.append(EngineWrite(tgt_layer, tgt_pos, None, tgt.site, tgt.add))
+        interventions += extras["writes"]
+        if extras["knockout"] is not None:
+            interventions.append(extras["knockout"])
         jobs.append(
-            Job(index, src_model, tuple(src_ids), src_layer, src_pos, tgt_model, tuple(tgt_ids),
-                tgt_layer, tgt_pos, mapping, readout, readout_pos,
+            Job(index, tgt_model, tuple(tgt_ids), tuple(interventions), readout, readout_pos, source=source,
+                mapping=mapping, answer_ids=answer_ids,
                 source_text=None if src is None else text(src_model, src.prompt),
-                target_text=repr(tgt.prompt) if embeds is not None else text(tgt_model, tgt.prompt),
-                add=tgt.add, writes=extras["writes"], noise=extras["noise"], knockout=extras["knockout"],
-                answer_ids=answer_ids, source_site=src.site if src is not None else "block",
-                target_site=tgt.site, target_embeds=embeds)
+                target_text=repr(tgt.prompt) if embeds is not None else text(tgt_model, tgt.prompt))
         )
     return jobs
 
@@ -247,24 +253,25 @@ def answer_token(model: LanguageModel, prompt, ids: list[int], answer: str | int
 
 def to_result(job: Job, scope: Patchscope, readings: Readings) -> PatchResult:
     """Wrap the readings of ``job``'s patched run into a :class:`PatchResult`."""
-    if job.source_model is None:  # a target run with interventions only
+    target_prompt = job.target_text if job.target_text is not None else scope.target.prompt
+    patch = job.patch
+    if job.source is None or patch is None:  # a target run with interventions only
         return PatchResult(
             source_model="", source_prompt="", source_layer=-1, source_position=-1, source_token="",
-            target_model=job.target_model.name,
-            target_prompt=job.target_text if job.target_text is not None else scope.target.prompt,
-            target_layer=-1, target_position=-1, mapping="", readings=readings,
+            target_model=job.model.name, target_prompt=target_prompt, target_layer=-1, target_position=-1,
+            mapping="", readings=readings,
         )
-    src_token = job.source_model.token_strings([job.source_ids[job.source_position]])[0]
+    src = job.source
     return PatchResult(
-        source_model=job.source_model.name,
+        source_model=src.model.name,
         source_prompt=job.source_text if job.source_text is not None else scope.source.prompt,
-        source_layer=job.source_layer,
-        source_position=job.source_position,
-        source_token=src_token,
-        target_model=job.target_model.name,
-        target_prompt=job.target_text if job.target_text is not None else scope.target.prompt,
-        target_layer=job.target_layer,
-        target_position=job.target_position,
+        source_layer=src.layer,
+        source_position=src.position,
+        source_token=src.model.token_strings([src.tokens[src.position]])[0],
+        target_model=job.model.name,
+        target_prompt=target_prompt,
+        target_layer=patch.layer,
+        target_position=patch.position,
         mapping=job.mapping.name,
         readings=readings,
     )

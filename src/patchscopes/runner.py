@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from tqdm.auto import tqdm
 
-from patchscopes.engine import BatchBudget, Job, Readings, job_models, target_run
-from patchscopes.engine.soft import soft_key
+from patchscopes.engine import BatchBudget, Generate, Job, Readings, job_models
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
@@ -19,7 +19,7 @@ from patchscopes.results import PatchResult
 from patchscopes.runs.executors import ENGINES, Executor, LocalExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE, plan_shards, readings_to_records, records_to_readings
-from patchscopes.scope import Patchscope
+from patchscopes.scope import Patchscope, Target
 
 Engine = Literal["batched", "reference"]
 
@@ -68,6 +68,13 @@ def run(
     if shard_size is not None and shard_size < 1:
         raise PatchscopesError(f"shard_size must be at least 1, got {shard_size}")
     jobs = resolve_jobs(scopes, model)
+    n_patches = len(jobs)
+    if baseline:  # the unpatched runs go through the same engine, executor and run directory as the patches
+        extra, which = baseline_scopes(jobs, scopes)
+        scopes += extra
+        jobs += resolve_jobs(extra, model)
+        for k, job in enumerate(jobs[n_patches:]):
+            job.index = n_patches + k
     if engine == "batched" and not batched_applies(jobs):
         engine = "reference"
     executor = executor or LocalExecutor()
@@ -94,9 +101,11 @@ def run(
                 if store is not None:
                     store.write_shard(shard.key, *readings_to_records(shard_readings))
                 readings[shard.start: shard.stop] = shard_readings
-        results = [to_result(job, scope, r) for job, scope, r in zip(jobs, scopes, readings)]
+        results = [to_result(job, scope, r) for job, scope, r in
+                   zip(jobs[:n_patches], scopes[:n_patches], readings[:n_patches])]
         if baseline:
-            attach_baselines(jobs, results)
+            for result, k in zip(results, which):
+                result.baseline = readings[n_patches + k]
     finally:
         bar.close()
     return results
@@ -111,13 +120,18 @@ def batched_applies(jobs: Sequence[Job]) -> bool:
     return not slow
 
 
-def attach_baselines(jobs: Sequence[Job], results: Sequence[PatchResult]) -> None:
-    """Run each distinct target once without a patch and attach its readings to the results."""
-    cache: dict[tuple, Readings] = {}
-    for job, result in zip(jobs, results):
-        soft = None if job.target_embeds is None else soft_key(job.target_embeds)
-        key = (id(job.target_model), job.target_ids, soft, job.readout_position, job.readout)
-        if key not in cache:
-            cache[key] = target_run(job.target_model, job.target_ids, job.readout,
-                                    readout_position=job.readout_position, embeds=job.target_embeds)
-        result.baseline = cache[key]
+def baseline_scopes(jobs: Sequence[Job], scopes: Sequence[Patchscope]) -> tuple[list[Patchscope], list[int]]:
+    """One unpatched scope per distinct target of ``jobs`` (its prompt and readout, no source or other
+    intervention), and the index of each job's baseline among them."""
+    found: dict[tuple, int] = {}
+    out: list[Patchscope] = []
+    which = []
+    for job, scope in zip(jobs, scopes):
+        soft = job.soft_input
+        key = (id(job.model), job.tokens, None if soft is None else soft.key(), job.readout_position, job.readout)
+        if key not in found:
+            found[key] = len(out)
+            readout = replace(scope.readout, relevancy=False) if isinstance(scope.readout, Generate) else scope.readout
+            out.append(Patchscope(None, Target(scope.target.prompt, 0, model=job.model), readout))
+        which.append(found[key])
+    return out, which

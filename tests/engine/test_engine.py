@@ -11,7 +11,7 @@ from transformers import GenerationConfig
 import patchscopes as ps
 from patchscopes import Generate, NextToken, Patchscope, PatchscopesError, Source, Target
 from patchscopes.engine.batching import run_with_backoff
-from patchscopes.engine.hooks import hooks_on, patch_hook
+from patchscopes.engine.hooks import write_hook
 from patchscopes.engine.reference import source_hidden
 from patchscopes.resolve import resolve_jobs
 from patchscopes.testing import TINY_FAMILIES, tiny_model
@@ -186,13 +186,24 @@ def test_logit_lens_at_last_layer_is_the_model_output_smollm2(smollm2, engine):
 def _hf_generate(model: ps.LanguageModel, scope: Patchscope, *, once: bool, max_new_tokens: int) -> list[int]:
     """Hugging Face greedy ``generate`` with the patch hook on block l* at the last prompt position."""
     job = resolve_jobs([scope], model)[0]
-    h = source_hidden(job)
-    ids = torch.tensor([job.target_ids])
+    h = source_hidden(job.source)
+    ids = torch.tensor([job.tokens])
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.pad_token_id)
-    # cols=-1: at prefill, the last prompt token (i*); at every later step, the one new token.
-    hook = patch_hook(torch.tensor([0]), torch.tensor([-1]), h[None], once=once)
-    with torch.no_grad(), hooks_on(model.arch.blocks, {job.target_layer: hook}):
-        out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    calls = []
+
+    def hook(module, args, output):  # at prefill, the last prompt token (i*); at every later step, the new token
+        calls.append(1)
+        width = (output[0] if isinstance(output, tuple) else output).shape[1]
+        if once and len(calls) > 1:
+            return output
+        return write_hook([0], [width - 1], h[None], [False])(module, args, output)
+
+    handle = model.arch.blocks[job.patch.layer].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    finally:
+        handle.remove()
     return out[0, ids.shape[1]:].tolist()
 
 
@@ -220,14 +231,14 @@ def test_generation_patches_only_at_prefill_smollm2(smollm2):
 
 
 def test_batched_generation_patches_once(tiny_llama, monkeypatch):
-    """Counted directly: the engine's patch hooks write on the prefill call only."""
-    import patchscopes.engine.batched as batched
+    """Counted directly: the engine's write hooks write on the prefill call only."""
+    import patchscopes.engine.hooks as hooks
 
     writes: list[int] = []
-    original = batched.patch_hook
+    original = hooks.write_hook
 
-    def counting_patch_hook(rows, cols, values, *, once=False):
-        inner = original(rows, cols, values, once=once)
+    def counting_patch_hook(rows, cols, values, adds, *, offset=0):
+        inner = original(rows, cols, values, adds, offset=offset)
 
         def hook(module, args, output):
             before = output[0].clone() if isinstance(output, tuple) else output.clone()
@@ -238,7 +249,7 @@ def test_batched_generation_patches_once(tiny_llama, monkeypatch):
 
         return hook
 
-    monkeypatch.setattr(batched, "patch_hook", counting_patch_hook)
+    monkeypatch.setattr(hooks, "write_hook", counting_patch_hook)
     calls: list[int] = []
     counter = tiny_llama.arch.blocks[1].register_forward_hook(lambda m, a, out: calls.append(out[0].shape[1]
                                                                  if isinstance(out, tuple) else out.shape[1]))
@@ -249,12 +260,11 @@ def test_batched_generation_patches_once(tiny_llama, monkeypatch):
     finally:
         counter.remove()
     generated = len(result.readings.generated_token_ids)
-    suffix = len(tiny_llama.encode("Tell me about x and y")) - result.target_position
-    assert writes == [suffix]  # one write, at prefill: the suffix from i* on is run and patched
-    # Block l* ran for the source, the shared target prefix before i*, the patched prefill and every decoding
-    # step (the last new token is not fed back); the decoding steps were not patched.
-    prefix = result.target_position
-    assert calls == [len(tiny_llama.encode(PROMPTS[0])), prefix, suffix] + [1] * (generated - 1)
+    length = len(tiny_llama.encode("Tell me about x and y"))
+    assert writes == [length]  # one write, at prefill (a job alone on its prompt runs it whole)
+    # Block l* ran for the source, the patched prefill and every decoding step (the last new token is not fed
+    # back); the decoding steps were not patched.
+    assert calls == [len(tiny_llama.encode(PROMPTS[0])), length] + [1] * (generated - 1)
     assert generated == 6
 
 

@@ -53,7 +53,7 @@ def test_bench_gpu_runs_its_small_shape_on_a_cpu(tmp_path):
 
 
 def test_rows_are_decoded_only_when_a_stop_string_may_end(smollm2):
-    from patchscopes.engine.batched import stop_filter
+    from patchscopes.engine.decode import stop_filter
 
     comma, word = smollm2.encode(",")[-1], smollm2.encode(" Paris")[-1]
     may_stop = stop_filter(smollm2, (",", "\n"))

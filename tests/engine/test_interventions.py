@@ -103,24 +103,53 @@ def test_bad_interventions_are_refused(tiny_llama):
         ps.run(Patchscope(None, Target(PROMPT, 0, knockout=AttentionKnockout((7,), SUBJECT))), tiny_llama)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_restores_take_the_shared_base_path(family, monkeypatch):
+def _spy_plan(monkeypatch) -> list:
     import patchscopes.engine.batched as batched
+
+    groups: list = []
+    original = batched.plan
+
+    def spy(jobs, **kwargs):
+        out = original(jobs, **kwargs)
+        groups.extend(out)
+        return out
+
+    monkeypatch.setattr(batched, "plan", spy)
+    return groups
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_restores_and_window_writes_take_one_staircase(family, monkeypatch, assert_same):
+    """Restored block outputs, MLP and attention windows and the corrupted run itself: one group, whose rows
+    skip the tokens before their first write and the blocks below it."""
     from patchscopes.testing import tiny_model
 
     model = tiny_model(family)
-    seen = []
-    original = batched.run_shared_base
+    groups = _spy_plan(monkeypatch)
+    scopes = _tracing_scopes(model, [0, 1, 2], kinds=("block", "mlp", "attn"))
+    scopes.append(Patchscope(None, Target(PROMPT, 0, noise=scopes[0].target.noise, writes=tuple(
+        Write(layer, 3, torch.randn(model.hidden_size), site="mlp") for layer in (1, 2))), scopes[0].readout))
+    got = ps.run(scopes, model)
+    # (the restore of the last block at the last token is read through the logit lens)
+    assert sorted((g.strategy, len(g.jobs)) for g in groups) == [("lens", 1), ("staircase", len(scopes) - 1)]
+    _assert_answers_agree(got, ps.run(scopes, model, engine="reference"))
 
-    def spy(jobs, *args, **kwargs):
-        out, left = original(jobs, *args, **kwargs)
-        seen.append((len(jobs), len(left)))
-        return out, left
 
-    monkeypatch.setattr(batched, "run_shared_base", spy)
-    scopes = _tracing_scopes(model, [0, 1, 2])
-    ps.run(scopes, model)
-    assert seen and seen[0][0] == len(scopes) - 1 and seen[0][1] == 0
+def test_noise_samples_share_a_staircase_and_jobs_alone_run_whole(tiny_llama, monkeypatch):
+    """Two noise samples are two base runs of one group; jobs alone on prompts of one length share a forward."""
+    groups = _spy_plan(monkeypatch)
+    readout = AnswerProbs(answers=(" Paris",), top_k=2)
+    scopes = []
+    for seed in (1, 2):
+        noise = EmbeddingNoise(SUBJECT, scale=0.5, seed=seed)
+        scopes += [Patchscope(Source(PROMPT, layer, 4), Target(PROMPT, layer, 4, noise=noise), readout)
+                   for layer in range(tiny_llama.num_layers)]
+    alone = ["The Louvre is in the city of", "The Prado is in the city of:"]
+    assert len({len(tiny_llama.encode(p)) for p in alone}) == 1
+    scopes += [Patchscope(Source(PROMPT, 1, 4), Target(p, 1, 3), readout) for p in alone]
+    got = ps.run(scopes, tiny_llama)
+    assert sorted((g.strategy, len(g.jobs)) for g in groups) == [("rows", 2), ("staircase", 6)]
+    _assert_answers_agree(got, ps.run(scopes, tiny_llama, engine="reference"))
 
 
 def test_writes_and_knockout_agree_on_smollm2(smollm2, assert_same):

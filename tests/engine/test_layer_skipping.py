@@ -1,4 +1,4 @@
-"""Rows of many patch layers in one forward, each running only the blocks above its l*, over a shared prefix."""
+"""Rows of many entry blocks in one forward, each running only the blocks from its entry on, over a shared prefix."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import patchscopes as ps
 from patchscopes import NextToken, Patchscope, Source, Target
 from patchscopes.engine import layer_skipping
-from patchscopes.engine.layer_skipping import Stair, staircase
+from patchscopes.engine.layer_skipping import Landing, Stair, staircase
 
 PROMPTS = ["The Eiffel Tower is in Paris", "Hi", "A longer prompt about rivers"]
 # The placeholder sits past the tiny models' sliding window of 16 tokens, with several tokens after it.
@@ -45,14 +45,13 @@ def test_fallback_without_a_shared_prefix_matches(tiny_llama, monkeypatch, asser
         calls.append(cache)
         return None
 
-    monkeypatch.setattr("patchscopes.engine.batched.shared_prefix_view", refuse)
+    monkeypatch.setattr("patchscopes.engine.batched.shared_view", refuse)
     assert_same(ps.run(scopes, tiny_llama), ps.run(scopes, tiny_llama, engine="reference"))
     assert calls  # the fallback (one cache copy per row, hooks) was taken
 
 
-def test_rows_must_be_sorted_by_patch_layer(tiny_llama):
-    blocks = tiny_llama.arch.blocks
-    with pytest.raises(ValueError, match="sorted"), staircase(blocks, [2, 1], {}, torch.zeros(2, 4)):
+def test_rows_must_be_sorted_by_entry(tiny_llama):
+    with pytest.raises(ValueError, match="sorted"), staircase(tiny_llama, [2, 1], {}):
         pass
 
 
@@ -72,7 +71,7 @@ def test_blocks_are_restored_even_when_the_forward_fails(tiny_llama, monkeypatch
     assert list(tiny_llama.arch.blocks) == originals
 
 
-def test_no_row_runs_a_block_below_its_patch_layer(tiny_llama, monkeypatch):
+def test_no_row_runs_a_block_below_its_entry(tiny_llama, monkeypatch):
     """Count the rows each original block runs: a row patched at l* runs exactly the blocks above l*."""
     seen: dict[int, int] = {}
     blocks = tiny_llama.arch.blocks
@@ -82,9 +81,10 @@ def test_no_row_runs_a_block_below_its_patch_layer(tiny_llama, monkeypatch):
     ]
     layers = [0, 0, 1, 2, 2, 2]
     ids = torch.tensor([tiny_llama.encode("abc")] * len(layers))
-    states = {j: torch.zeros(ids.shape[1], tiny_llama.hidden_size) for j in set(layers)}
+    entries = [layer + 1 for layer in layers]
+    landings = {j: Landing(torch.zeros(ids.shape[1], tiny_llama.hidden_size), [], [], None, []) for j in set(layers)}
     try:
-        with torch.no_grad(), staircase(blocks, layers, states, torch.zeros(len(layers), tiny_llama.hidden_size)):
+        with torch.no_grad(), staircase(tiny_llama, entries, landings):
             tiny_llama.forward(ids, attention_mask=torch.ones_like(ids))
     finally:
         for handle in handles:

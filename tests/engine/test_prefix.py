@@ -8,7 +8,8 @@ from transformers import StaticCache
 
 import patchscopes as ps
 from patchscopes import Generate, Patchscope, Source, Target
-from patchscopes.engine.prefix import PrefixedLayer, prefix_cache, prefixed_cache, shared_prefix_view
+from patchscopes.engine.prefix import prefix_cache
+from patchscopes.models.shared_attention import PrefixedLayer, prefixed_cache, shared_view
 from patchscopes.testing import tiny_model
 
 # The tiny models' sliding windows are 16 tokens; the byte tokenizer gives one token per character.
@@ -30,7 +31,6 @@ def test_generation_with_a_shared_prefix_matches_reference(tiny, target, assert_
 
 
 def test_sampling_with_a_shared_prefix_equals_sampling_with_copies(tiny, monkeypatch, assert_same):
-    # (the reference engine samples through Hugging Face generate, with other random streams)
     scopes = generation_scopes(tiny, SHORT_TARGET, Generate(max_new_tokens=24, do_sample=True, top_k=50, seed=3))
     shared = ps.run(scopes, tiny, budget=ps.BatchBudget(rows=3))
     monkeypatch.setattr("patchscopes.engine.batched.prefixed_cache", lambda cache: None)
@@ -60,7 +60,7 @@ def test_a_prefix_cut_by_a_sliding_window_is_copied_instead():
     ids = mistral.encode(LONG_TARGET)
     assert prefixed_cache(prefix_cache(mistral, ids[:10])) is not None
     assert prefixed_cache(prefix_cache(mistral, ids[:30])) is None  # the window already dropped tokens
-    assert shared_prefix_view(prefix_cache(mistral, ids[:30])) is not None  # one forward sees what it keeps
+    assert shared_view(prefix_cache(mistral, ids[:30])) is not None  # one forward sees what it keeps
 
 
 def test_fallback_copies_give_the_same_generations(tiny_llama, monkeypatch, assert_same):
@@ -69,11 +69,11 @@ def test_fallback_copies_give_the_same_generations(tiny_llama, monkeypatch, asse
     assert_same(ps.run(scopes, tiny_llama), ps.run(scopes, tiny_llama, engine="reference"))
 
 
-def test_shared_prefix_view_stores_nothing(tiny):
+def test_shared_view_stores_nothing(tiny):
     ids = tiny.encode(LONG_TARGET)
     cache = prefix_cache(tiny, ids[:20])
     before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
-    view = shared_prefix_view(cache)
+    view = shared_view(cache)
     assert view is not None
     rows = 3
     new = torch.randn(rows, *cache.layers[0].keys.shape[1:2], 2, cache.layers[0].keys.shape[-1])
@@ -86,13 +86,13 @@ def test_shared_prefix_view_stores_nothing(tiny):
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
 
 
-def test_shared_prefix_view_refuses_caches_it_cannot_reproduce(tiny_llama):
+def test_shared_view_refuses_caches_it_cannot_reproduce(tiny_llama):
     static = StaticCache(config=tiny_llama.hf.config, max_cache_len=8)
-    assert shared_prefix_view(static) is None
-    assert shared_prefix_view(None) is None
+    assert shared_view(static) is None
+    assert shared_view(None) is None
     ids = tiny_llama.encode(LONG_TARGET)
     cache = prefix_cache(tiny_llama, ids[:5])
     cache.batch_repeat_interleave(2)  # a cache of two rows is not a shared prefix
-    assert shared_prefix_view(cache) is None
+    assert shared_view(cache) is None
 
 

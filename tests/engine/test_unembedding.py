@@ -38,7 +38,8 @@ def test_chunked_top_k_on_smollm2(smollm2):
     want_values, want_ids = full_top_k(smollm2, residual, 10)
     values, ids = top_k_logprobs(smollm2, smollm2.final_normed(residual), 10)
     assert torch.equal(ids, want_ids)
-    torch.testing.assert_close(values, want_values, atol=1e-5, rtol=0)
+    # a running log-sum-exp over 24 slices of a 49k vocabulary, in float32: 1.4e-5 seen with this BLAS
+    torch.testing.assert_close(values, want_values, atol=5e-5, rtol=0)
 
 
 def test_k_larger_than_a_chunk_or_the_vocabulary(tiny_llama):

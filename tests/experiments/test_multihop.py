@@ -170,10 +170,10 @@ def test_scope_positions_in_both_directions(tiny_llama):
     assert backward.source.prompt == "The boss of" and backward.target.prompt == q.description + " is"
     jobs = resolve_jobs([forward, backward], tiny_llama)
     # Byte tokens after <bos>: i* is the last character of the description ("...made by").
-    assert jobs[0].target_position == len(q.composed_prompt) - len(" is")
-    assert jobs[1].target_position == len(q.description)
-    assert jobs[0].source_position == len(q.hop1_prompt) and jobs[1].source_position == len("The boss of")
-    assert (jobs[0].source_layer, jobs[0].target_layer) == (1, 2)
+    assert jobs[0].patch.position == len(q.composed_prompt) - len(" is")
+    assert jobs[1].patch.position == len(q.description)
+    assert jobs[0].source.position == len(q.hop1_prompt) and jobs[1].source.position == len("The boss of")
+    assert (jobs[0].source.layer, jobs[0].patch.layer) == (1, 2)
     with pytest.raises(PatchscopesError, match="direction"):
         mh.multihop_scope(q, 0, 0, "sideways")
 

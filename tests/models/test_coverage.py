@@ -28,10 +28,7 @@ FAST = {
 # Recurrent and state-space families that must run on the hooked path, never the fast one.
 HOOKED = {"mamba", "falcon_mamba", "qwen3_next"}
 # Known engine failures, each with its cause (a bug to fix, listed so that it cannot go unnoticed).
-KNOWN_FAILURES = {
-    "mllama": "the batched generation's shared-prefix cache (engine/prefix.py PrefixedLayer) starts with "
-              "keys=None, which Mllama's cross-attention check reads",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 # Families whose tiny build takes over ten seconds.
 SLOW_BUILD = {"kimi_linear", "nemotron_h", "bailing_hybrid"}
 

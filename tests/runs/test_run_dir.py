@@ -169,3 +169,19 @@ def test_soft_prompt_vectors_are_part_of_a_shards_key(tmp_path, tiny_llama):
     assert len(list((tmp_path / "run" / "shards").glob("*.jsonl"))) == 2
     assert other[0].readings.top_probs == ps.run([scope(1)], tiny_llama)[0].readings.top_probs
     assert first[0].readings.top_probs != other[0].readings.top_probs
+
+
+def test_baselines_go_through_the_executor_and_the_run_dir(tmp_path, tiny_llama):
+    """The unpatched runs are jobs like the patches: run by the executor, kept in shards, read back on resume."""
+    scopes = scopes_of(tiny_llama)
+    first = CountingExecutor()
+    kept = ps.run(scopes, tiny_llama, baseline=True, shard_size=9, run_dir=tmp_path / "run", executor=first)
+    shards = -(-(len(scopes) + 1) // 9)  # one baseline: every scope shares the identity prompt and readout
+    assert first.shards == shards
+    again = CountingExecutor()
+    resumed = ps.run(scopes, tiny_llama, baseline=True, shard_size=9, run_dir=tmp_path / "run", executor=again)
+    assert again.shards == 0
+    plain = ps.run(ps.Patchscope(None, ps.Target(scopes[0].target.prompt, 0), scopes[0].readout), tiny_llama)[0]
+    for result in kept + resumed:
+        assert result.baseline.top_token_ids == plain.readings.top_token_ids
+        assert result.baseline.top_probs == pytest.approx(plain.readings.top_probs, abs=1e-6)

@@ -117,7 +117,8 @@ def trace_command(
       patchscopes trace "The Eiffel Tower is located in the city of" \\
           --subject "Eiffel Tower" --kind mlp
       patchscopes trace "The Eiffel Tower is located in the city of" \\
-          --subject "The Eiffel Tower" --noise-kind uniform --replace --token-range subject_last
+          --subject "The Eiffel Tower" --noise-kind uniform --replace \\
+          --token-range subject_last
     """
     check_subject(prompt, subject)
     if answer is not None and not answer.strip():

@@ -1,20 +1,22 @@
 """The engine: everything that turns resolved jobs into forward passes.
 
-- :mod:`~patchscopes.engine.readouts`: what can be read from a target run (:class:`NextToken`,
-  :class:`Generate`) and what a run showed (:class:`Readings`).
-- :mod:`~patchscopes.engine.jobs`: :class:`Job`, one patch with everything resolved.
-- :mod:`~patchscopes.engine.batched`: the fast engine (sources captured in one early-stopped forward, shared
-  target prefixes, many patch layers per forward, vocabulary slices); :mod:`~patchscopes.engine.reference`: the
-  plain one, one hooked forward per patch, the ground truth the tests compare against.
-- :mod:`~patchscopes.engine.interventions`: what a target run may carry beside the patch (:class:`Write` at
-  blocks, MLP or attention outputs or the embeddings, embedding :class:`Noise`, attention :class:`Knockout`)
-  and the hooks both engines use for them; ``row_hooks`` (rows with any of them, batched), ``shared_base``
-  (causal tracing's restores on a shared corrupted run) and ``relevancy`` (SelfIE's score).
-- Helpers of the batched engine: ``batching`` (micro-batch budgets), ``prefix`` (shared key/value caches),
-  ``layer_skipping`` (rows that skip the blocks below their l*), ``unembedding`` (top-k over vocabulary slices),
-  ``hooks``, ``padding``, ``generation`` (batched greedy generation without patches).
-- :mod:`~patchscopes.engine.capture`: :func:`capture_states`, the one way code outside the engine reads hidden
-  states.
+One patch, step by step (the module that holds each step):
+
+- :mod:`~patchscopes.engine.jobs`: :class:`Job`, a model, its tokens, a list of interventions and a readout;
+  :mod:`~patchscopes.engine.interventions`: the intervention types (:class:`Read`, :class:`Write`,
+  :class:`Noise`, :class:`Knockout`, :class:`SoftInput`); :mod:`~patchscopes.engine.readouts`: what is read
+  (:class:`NextToken`, :class:`Generate`) and what a run showed (:class:`Readings`).
+- :mod:`~patchscopes.engine.batched`: the fast engine: sources captured in one early-stopped forward, mappings
+  applied once, the jobs grouped by :mod:`~patchscopes.engine.planner` (logit lens, staircase, rows) and run
+  under a :class:`BatchBudget` (:mod:`~patchscopes.engine.batching`) with shared prefixes
+  (:mod:`~patchscopes.engine.prefix`, shared-prefix attention), rows that skip blocks
+  (:mod:`~patchscopes.engine.layer_skipping`) and top-k over vocabulary slices
+  (:mod:`~patchscopes.engine.unembedding`).
+- :mod:`~patchscopes.engine.reference`: the plain engine, one hooked forward per job, the ground truth.
+- Shared by both: :mod:`~patchscopes.engine.hooks` (the one hook mechanism) and
+  :mod:`~patchscopes.engine.decode` (the one decode loop), which :func:`greedy_generate` uses too.
+- :func:`capture_states` (:mod:`~patchscopes.engine.capture`): the one way code outside the engine reads hidden
+  states; :mod:`~patchscopes.engine.gradients`: differentiable patched runs for fitted lenses.
 
 Imports: :mod:`patchscopes.models` and :mod:`patchscopes.errors` only. Jobs are built from patchscopes by the
 root package (:mod:`patchscopes.resolve`), so the engine never sees the user-facing types.
@@ -24,10 +26,10 @@ from patchscopes.engine.batched import run_batched
 from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_budget
 from patchscopes.engine.capture import capture_states
 from patchscopes.engine.generation import greedy_generate, greedy_token_ids
-from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Write
+from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Read, SoftInput, Write
 from patchscopes.engine.jobs import Job, job_models
 from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readings, Readout
-from patchscopes.engine.reference import run_reference, target_run
+from patchscopes.engine.reference import run_reference
 
 __all__ = [
     "EMBEDDINGS",
@@ -38,8 +40,10 @@ __all__ = [
     "Knockout",
     "NextToken",
     "Noise",
+    "Read",
     "Readings",
     "Readout",
+    "SoftInput",
     "Write",
     "budget_for_memory",
     "capture_states",
@@ -49,5 +53,4 @@ __all__ = [
     "job_models",
     "run_batched",
     "run_reference",
-    "target_run",
 ]

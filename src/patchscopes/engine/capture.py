@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from patchscopes.engine.hooks import StopForward, capture_hook
-from patchscopes.engine.interventions import registered
+from patchscopes.engine.hooks import StopForward, capture_plan, installed
 from patchscopes.engine.padding import left_pad
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -58,9 +57,8 @@ def capture_states(
     ids, mask, pos_ids, pads = left_pad(model, sequences)
     rows = torch.tensor([r for r, ps in enumerate(positions) for _ in ps])
     cols = torch.tensor([pads[r] + p for r, ps in enumerate(positions) for p in ps])
-    top = max(layers)
     store: dict = {}
-    hooks = {(layer, site): [capture_hook(rows, cols, store, layer, stop=layer == top)] for layer in set(layers)}
-    with torch.no_grad(), registered(model, hooks), contextlib.suppress(StopForward):
+    plan = capture_plan(model, {(layer, site): (rows, cols) for layer in set(layers)}, store)
+    with torch.no_grad(), installed(model, plan), contextlib.suppress(StopForward):
         model.forward(ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
-    return torch.stack([store[layer].float().cpu() for layer in layers], dim=1)
+    return torch.stack([store[(layer, site)].float().cpu() for layer in layers], dim=1)

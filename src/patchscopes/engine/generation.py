@@ -2,7 +2,8 @@
 
 The experiments need the model's own answer to a prompt (does it know that the capital of France is Paris?)
 for hundreds of prompts. :func:`greedy_generate` runs them left-padded in batches, with the attention mask
-and position ids every row needs, so each row's text is the one it would get alone.
+and position ids every row needs, so each row's text is the one it would get alone; the tokens come from the one
+decode loop (:mod:`~patchscopes.engine.decode`).
 
     >>> texts = greedy_generate(model, ["The capital city of France", "The capital city of Peru"], 20)
 """
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
+from patchscopes.engine.decode import decode
 from patchscopes.engine.padding import left_pad
+from patchscopes.engine.readouts import Generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 
@@ -87,29 +90,11 @@ def greedy_token_ids(
 
 def _generate_batch(model: LanguageModel, sequences: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     ids, mask, positions, _ = left_pad(model, sequences)
-    lengths = torch.tensor([len(s) for s in sequences])
-    eos = model.eos_token_ids
-    n = len(sequences)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
+    readout = Generate(max_new_tokens=max_new_tokens)
     with torch.no_grad():
         logits, cache = model.forward(ids, attention_mask=mask, position_ids=positions, use_cache=True,
                                       logits_to_keep=1)
-        next_tok = logits[:, -1].argmax(dim=-1)
-        for step in range(max_new_tokens):
-            for row, token in enumerate(next_tok.tolist()):
-                if not done[row]:
-                    if token in eos:
-                        done[row] = True
-                    else:
-                        tokens[row].append(token)
-            if all(done) or step == max_new_tokens - 1:
-                break
-            # Finished rows keep decoding (their tokens are dropped): the batch keeps one shape.
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
-            logits, cache = model.forward(
-                next_tok[:, None].cpu(), attention_mask=mask, position_ids=(lengths + step)[:, None],
-                cache=cache, use_cache=True, logits_to_keep=1,
-            )
-            next_tok = logits[:, -1].argmax(dim=-1)
-    return tokens
+        rows = decode(model, logits[:, -1], cache, mask, readout,
+                      positions=torch.tensor([len(s) for s in sequences]))
+    eos = model.eos_token_ids
+    return [row[: next((k for k, t in enumerate(row) if t in eos), len(row))] for row in rows]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patchscopes.engine.hooks import StopForward, block_output, hooks_on, with_block_output
+from patchscopes.engine.hooks import HookPlan, StopForward, block_output, installed, write_hook
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 
@@ -58,19 +58,6 @@ def eager_attention(model: LanguageModel):
         setter(before)
 
 
-def _shift_hook(position: int, delta: torch.Tensor):
-    """A hook that adds ``delta`` to row 0, ``position`` of a block's output without writing in place (so
-    the function stays differentiable and vmap-able)."""
-
-    def hook(module, args, output):
-        hidden = block_output(output)
-        onehot = torch.zeros(hidden.shape[1], 1, dtype=hidden.dtype, device=hidden.device)
-        onehot[position] = 1
-        return with_block_output(output, hidden + onehot * delta.to(hidden.dtype))
-
-    return hook
-
-
 def _read_hook(position: int, store: dict, key: object, stop: bool):
     def hook(module, args, output):
         store[key] = block_output(output)[0, position]
@@ -81,13 +68,11 @@ def _read_hook(position: int, store: dict, key: object, stop: bool):
     return hook
 
 
-def _chain(*hooks):
-    def hook(module, args, output):
-        for fn in hooks:
-            output = fn(module, args, output)
-        return output
-
-    return hook
+def _plan(hooks: dict[int, list]) -> HookPlan:
+    plan = HookPlan()
+    for layer, fns in hooks.items():
+        plan.forward[(layer, "block")] += fns
+    return plan
 
 
 def state_jacobians(
@@ -124,7 +109,6 @@ def state_jacobians(
     src_pos, tgt_pos = positions
     if tgt < max(layers) or tgt_pos < src_pos:
         raise PatchscopesError("the target state must come at or after the source states (layer and position)")
-    blocks = model.arch.blocks
     # Positions before the source do not depend on h: run them once, without gradients, into a cache, so
     # the forward and the d backward passes cover only the positions from the source on.
     cache = None
@@ -137,8 +121,8 @@ def state_jacobians(
     pos_ids = torch.arange(src_pos, n)[None]
     rel_tgt = tgt_pos - src_pos
 
-    def forward(hooks: dict):
-        with hooks_on(blocks, hooks), contextlib.suppress(StopForward):
+    def forward(hooks: dict[int, list]):
+        with installed(model, _plan(hooks)), contextlib.suppress(StopForward):
             logits, _ = model.forward(suffix, attention_mask=mask, position_ids=pos_ids,
                                       cache=copy.deepcopy(cache), use_cache=cache is not None)
             return logits
@@ -146,14 +130,15 @@ def state_jacobians(
 
     store: dict = {}
     with torch.no_grad():
-        logits = forward({layer: _read_hook(0, store, layer, False) for layer in layers})
+        logits = forward({layer: [_read_hook(0, store, layer, False)] for layer in layers})
     h = torch.stack([store[layer].detach() for layer in layers])
 
     def z_of(deltas: torch.Tensor) -> torch.Tensor:
         out: dict = {}
-        hooks = {layer: [_shift_hook(0, deltas[k])] for k, layer in enumerate(layers)}
+        # the shift is added without writing in place into the model's tensors, so vmap batches the backward
+        hooks = {layer: [write_hook([0], [0], deltas[k][None], [True])] for k, layer in enumerate(layers)}
         hooks.setdefault(tgt, []).append(_read_hook(rel_tgt, out, "z", True))
-        forward({layer: _chain(*fns) for layer, fns in hooks.items()})
+        forward(hooks)
         return out["z"]
 
     params = list(model.hf.parameters())
@@ -206,11 +191,7 @@ def soft_prompt_logits(
     mask = torch.ones(embeds.shape[:2], dtype=torch.long)
     hooks = {}
     if values is not None:
-        def patch(module, args, output):
-            hidden = block_output(output)
-            written = values.to(hidden.device, hidden.dtype)[:, None]
-            return with_block_output(output, torch.cat([hidden[:, : k - 1], written, hidden[:, k:]], dim=1))
-        hooks[model.check_layer(layer)] = patch
-    with hooks_on(model.arch.blocks, hooks):
+        hooks[model.check_layer(layer)] = [write_hook(list(range(b)), [k - 1] * b, values, [False] * b)]
+    with installed(model, _plan(hooks)):
         logits, _ = model.forward(None, inputs_embeds=embeds, attention_mask=mask)
     return logits[:, k - 1:].float()

@@ -1,29 +1,27 @@
-"""Interventions on a target run beyond the single patch: extra writes, embedding noise, attention knockout.
+"""What a job does to a run: the engine's intervention types, one small set for every kind of patch.
 
-- :class:`Write`: a vector written over (or added to) the output of a *site* at one position: a decoder
-  block (the residual stream after block l), its MLP or its attention module, or the token embeddings
-  (``layer=EMBEDDINGS``, before block 0).
-- :class:`Noise`: vectors added to the token embeddings of chosen positions (causal tracing's corrupted
-  run). The vectors are explicit, so a run is reproduced exactly by passing the same tensor.
-- :class:`Knockout`: attention edges cut, in every head of a set of layers, from one query position to a
-  set of key positions (the masked scores become ``-inf``).
+- :class:`Read`: capture h, the output of a site at one position of a source run (the *source* of a patch).
+- :class:`Write`: a vector written over (or added to) the output of a *site* at one position: a decoder block
+  (the residual stream after block l), its MLP or its attention module, or the token embeddings
+  (``layer=EMBEDDINGS``, before block 0). A write without a value writes the job's f(h).
+- :class:`Noise`: vectors added to (or written over) the token embeddings of chosen positions (causal tracing's
+  corrupted run). The vectors are explicit, so a run is reproduced exactly by passing the same tensor.
+- :class:`Knockout`: attention edges cut, in every head of a set of layers, from one query position to a set of
+  key positions (the masked scores become ``-inf``).
+- :class:`SoftInput`: vectors that stand for the token embeddings of positions ``offset ..`` (a soft prompt).
 
-The hooks here are shared by both engines; they work on batch rows and on positions relative to the
-tokens a forward actually runs (``offset`` tokens come from a key/value cache).
+Noise, knockout and soft inputs shape the run every row of a group shares (its *base run*); writes are what
+tells the rows apart. :mod:`~patchscopes.engine.hooks` carries all of them out, for both engines.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from patchscopes.engine.hooks import block_output, with_block_output
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.models.architectures import get_module
@@ -37,8 +35,19 @@ MASKABLE_ATTENTION = ("eager", "sdpa")
 
 
 @dataclass(frozen=True, eq=False)
+class Read:
+    """h: the output of ``(layer, site)`` at ``position`` of ``model`` run on ``tokens``."""
+
+    model: LanguageModel
+    tokens: tuple[int, ...]
+    layer: int
+    position: int
+    site: Site = "block"
+
+
+@dataclass(frozen=True, eq=False)
 class Write:
-    """One vector written into a target run.
+    """One vector written into a run.
 
     Attributes:
         layer: The block index, or :data:`EMBEDDINGS` for the token embeddings.
@@ -55,13 +64,25 @@ class Write:
     site: Site = "block"
     add: bool = False
 
+    @property
+    def entry(self) -> int:
+        """The first block a run must compute again after this write: the block after a block-output write,
+        the block itself for a write inside it (0 for the embeddings)."""
+        return self.layer + 1 if self.site == "block" else self.layer
+
 
 @dataclass(frozen=True, eq=False)
 class Noise:
-    """Vectors added to the token embeddings at ``positions``, ``values`` of shape ``(len(positions), d)``."""
+    """Vectors added to the token embeddings at ``positions``, ``values`` of shape ``(len(positions), d)``;
+    with ``replace``, written over them instead (ROME's ``replace=True``)."""
 
     positions: tuple[int, ...]
     values: torch.Tensor
+    replace: bool = False
+
+    def writes(self) -> list[Write]:
+        """The noise as writes on the embeddings."""
+        return [Write(EMBEDDINGS, p, self.values[k], add=not self.replace) for k, p in enumerate(self.positions)]
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,26 @@ class Knockout:
     layers: tuple[int, ...]
     query: int
     keys: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SoftInput:
+    """The ``(k, d)`` ``vectors`` stand for the token embeddings at positions ``offset .. offset + k - 1``."""
+
+    offset: int
+    vectors: torch.Tensor
+
+    def key(self) -> tuple:
+        """What tells soft inputs apart: the offset and the vectors' storage and shape (views of one tensor share
+        it)."""
+        return self.offset, self.vectors.data_ptr(), tuple(self.vectors.shape)
+
+    def writes(self) -> list[Write]:
+        """The vectors as writes over the embeddings."""
+        return [Write(EMBEDDINGS, self.offset + k, self.vectors[k]) for k in range(self.vectors.shape[0])]
+
+
+Intervention = Write | Noise | Knockout | SoftInput
 
 
 def site_module(model: LanguageModel, layer: int, site: str) -> nn.Module:
@@ -100,127 +141,3 @@ def check_knockout_support(model: LanguageModel) -> None:
             f"attention knockout needs a maskable attention implementation; {model.name} uses {impl!r}",
             hint="load the model with attn_implementation='eager' or 'sdpa'",
         )
-
-
-def write_hook(rows: Sequence[int], cols: Sequence[int], values: torch.Tensor, adds: Sequence[bool],
-               *, offset: int = 0, once: bool = False) -> Callable:
-    """A forward hook writing ``values[k]`` at ``(rows[k], cols[k] - offset)`` of a module's output.
-
-    Positions before ``offset`` (held in a cache, not in this forward) are skipped. ``adds[k]`` adds instead
-    of replacing. ``once``: only the first call (a generation's prefill).
-    """
-    state = {"done": False}
-    keep = [k for k, c in enumerate(cols) if c >= offset]
-    r = torch.tensor([rows[k] for k in keep], dtype=torch.long)
-    c = torch.tensor([cols[k] - offset for k in keep], dtype=torch.long)
-    v = values[keep] if keep else values[:0]
-    add = torch.tensor([adds[k] for k in keep], dtype=torch.bool)
-
-    def hook(module, args, output):
-        if (once and state["done"]) or not keep:
-            return output
-        state["done"] = True
-        hidden = block_output(output)
-        vals = v.to(hidden.device, hidden.dtype)
-        if add.any():
-            vals = torch.where(add.to(hidden.device)[:, None], hidden[r, c] + vals, vals)
-        hidden = hidden.clone()
-        hidden[r.to(hidden.device), c.to(hidden.device)] = vals
-        return with_block_output(output, hidden)
-
-    return hook
-
-
-def knockout_pre_hook(rows: Sequence[int] | None, query: int, keys: Sequence[int], *, offset: int = 0,
-                      once: bool = False) -> Callable:
-    """A forward pre-hook on an attention module masking the edges ``query -> keys`` of batch ``rows``
-    (``None``: every row).
-
-    ``query`` and ``keys`` are absolute positions; the forward runs the queries from ``offset`` on (earlier
-    tokens come from the cache). Works on the float (eager) and boolean (SDPA) masks Hugging Face passes,
-    and builds the causal mask where none was passed.
-    """
-    state = {"done": False}
-
-    def hook(module, args, kwargs):
-        if once and state["done"]:
-            return None
-        state["done"] = True
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        q_len = hidden.shape[1]
-        q = query - offset
-        if not 0 <= q < q_len:
-            return None
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            k_len = q_len + offset
-            mask = torch.ones(hidden.shape[0], 1, q_len, k_len, dtype=torch.bool, device=hidden.device)
-            mask = torch.tril(mask, diagonal=offset)
-        elif mask.ndim != 4:
-            raise PatchscopesError(f"cannot cut attention edges through a mask of shape {tuple(mask.shape)}")
-        else:
-            mask = mask.clone()
-        if mask.shape[0] == 1 and hidden.shape[0] > 1:
-            mask = mask.expand(hidden.shape[0], -1, -1, -1).clone()
-        blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
-        # A sliding-window cache keeps only the last keys: the mask's columns end at the current token.
-        first_column = offset + q_len - mask.shape[-1]
-        columns = [k - first_column for k in keys if k >= first_column]
-        if not columns:
-            return None
-        row_index = torch.arange(mask.shape[0], device=mask.device) if rows is None else \
-            torch.tensor(list(rows), dtype=torch.long, device=mask.device)
-        key_index = torch.tensor(columns, dtype=torch.long, device=mask.device)
-        mask[row_index[:, None], :, q, key_index[None, :]] = blocked
-        kwargs["attention_mask"] = mask
-        return args, kwargs
-
-    return hook
-
-
-@contextlib.contextmanager
-def registered(model: LanguageModel, plan: dict[tuple[int, str], list[Callable]],
-               pre: dict[int, list[Callable]] | None = None) -> Iterator[None]:
-    """Within the block, forward hooks ``plan[(layer, site)]`` and attention pre-hooks ``pre[layer]`` are on."""
-    handles = []
-    try:
-        for (layer, site), hooks in plan.items():
-            module = site_module(model, layer, site)
-            handles += [module.register_forward_hook(h) for h in hooks]
-        for layer, hooks in (pre or {}).items():
-            module = site_module(model, layer, "attn")
-            handles += [module.register_forward_pre_hook(h, with_kwargs=True) for h in hooks]
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def one_row_hooks(model: LanguageModel, writes: Sequence[Write], noise: Noise | None, knockout: Knockout | None,
-                  *, once: bool = False, knockout_rows: Sequence[int] | None = (0,),
-                  ) -> tuple[dict[tuple[int, str], list[Callable]], dict[int, list[Callable]]]:
-    """The hooks of a one-row target run, for :func:`registered`: one write hook per write, in order (the noise
-    first, then ``writes``), and the knockout's attention pre-hooks (its support checked first).
-
-    Args:
-        model: The target model.
-        writes: The writes after the noise (the patch first, where there is one).
-        noise: Embedding noise, or ``None``.
-        knockout: Attention edges to cut, or ``None``.
-        once: Hooks act on the first forward only (generation: the prompt's prefill).
-        knockout_rows: The rows the knockout applies to (``None``: every row).
-    """
-    plan: dict[tuple[int, str], list[Callable]] = defaultdict(list)
-    for w in (noise_write(noise) if noise is not None else []) + list(writes):
-        plan[(w.layer, w.site)].append(write_hook([0], [w.position], w.value[None], [w.add], once=once))
-    pre: dict[int, list[Callable]] = {}
-    if knockout is not None:
-        check_knockout_support(model)
-        rows = None if knockout_rows is None else list(knockout_rows)
-        pre = {layer: [knockout_pre_hook(rows, knockout.query, knockout.keys, once=once)] for layer in knockout.layers}
-    return plan, pre
-
-
-def noise_write(noise: Noise) -> list[Write]:
-    """The noise as additive writes on the embeddings."""
-    return [Write(EMBEDDINGS, p, noise.values[k], add=True) for k, p in enumerate(noise.positions)]

@@ -1,4 +1,4 @@
-"""Jobs, the engine's unit of work: one patch with every model, token id, layer and position resolved.
+"""Jobs, the engine's unit of work: a model, its tokens, the interventions on its run and what is read from it.
 
 :func:`patchscopes.resolve.resolve_jobs` builds them from patchscopes; the engines return one
 :class:`~patchscopes.engine.readouts.Readings` per job, in order.
@@ -11,128 +11,74 @@ from dataclasses import dataclass
 
 import torch
 
-from patchscopes.engine.interventions import Knockout, Noise, Write
-from patchscopes.engine.readouts import Generate, Readings, Readout
+from patchscopes.engine.interventions import Intervention, Knockout, Noise, Read, SoftInput, Write
+from patchscopes.engine.readouts import Readout
 from patchscopes.models import LanguageModel
 
 
 @dataclass(eq=False)
 class Job:
-    """One patch with everything resolved: the unit of work of both engines.
+    """One run of a model with its interventions, and what to read from it.
 
-    The patch writes f(h) at ``(target_layer, target_position)`` (``target_layer`` may be
-    :data:`~patchscopes.engine.interventions.EMBEDDINGS`); a job without a source (``source_model`` is
-    ``None``) has no such patch and runs the target with its other interventions only. ``writes`` are
-    further writes (f(h) again where their value is ``None``), ``noise`` is added to the target's token
-    embeddings, ``knockout`` cuts attention edges, and ``answer_ids`` are read by an ``AnswerProbs``
-    readout.
+    A patch is a :class:`~patchscopes.engine.interventions.Read` ``source`` (h), a ``mapping`` f, and the
+    writes without a value, which write f(h). A job without a source runs its other interventions only (a
+    baseline, a corrupted run, a soft prompt alone).
+
+    Attributes:
+        index: The job's place in the run (sampling seeds depend on it).
+        model: The model run, M*.
+        tokens: Its token ids (placeholders where a :class:`SoftInput` stands).
+        interventions: What is done to the run, in the order it applies.
+        readout: What is read (``NextToken``, ``AnswerProbs``, ``Generate``).
+        readout_position: The position whose next-token distribution is read (next-token readouts).
+        source: Where h is read, or ``None``.
+        mapping: f, applied to h.
+        answer_ids: The answers' token ids an ``AnswerProbs`` readout reports.
+        source_text, target_text: The prompts as text where they were given as token ids (for results).
     """
 
     index: int
-    source_model: LanguageModel | None
-    source_ids: tuple[int, ...]
-    source_layer: int
-    source_position: int
-    target_model: LanguageModel
-    target_ids: tuple[int, ...]
-    target_layer: int
-    target_position: int
-    mapping: Callable[[torch.Tensor], torch.Tensor]  # f, applied to the source state
+    model: LanguageModel
+    tokens: tuple[int, ...]
+    interventions: tuple[Intervention, ...]
     readout: Readout
-    readout_position: int | None  # NextToken only
-    source_text: str | None = None  # the source prompt as text, when it was given as token ids
-    target_text: str | None = None  # the same for the target prompt
-    add: bool = False  # the patch adds f(h) to the state instead of replacing it
-    writes: tuple[Write, ...] = ()
-    noise: Noise | None = None
-    knockout: Knockout | None = None
+    readout_position: int | None = None
+    source: Read | None = None
+    mapping: Callable[[torch.Tensor], torch.Tensor] | None = None
     answer_ids: tuple[int, ...] = ()
-    source_site: str = "block"  # where h is read: a block's output, its "mlp" or its "attn" module
-    target_site: str = "block"  # where f(h) is written
-    # Input vectors that replace the token embeddings of the target at positions offset .. offset + k - 1 (a
-    # soft prompt): (offset, (k, d) tensor), or None.
-    target_embeds: tuple[int, torch.Tensor] | None = None
+    source_text: str | None = None
+    target_text: str | None = None
 
     @property
-    def is_single_patch(self) -> bool:
-        """A single block-output replacement with no write, noise, knockout or answer readout (the target's
-        input may still be a soft prompt)."""
-        return (self.source_model is not None and not self.add and not self.writes and self.noise is None
-                and self.knockout is None and not self.answer_ids and self.source_site == "block"
-                and self.target_site == "block" and self.target_layer >= 0 and self.source_layer >= 0)
+    def writes(self) -> list[Write]:
+        """The job's writes, in order (the patch first, where there is one)."""
+        return [i for i in self.interventions if isinstance(i, Write)]
 
     @property
-    def is_plain(self) -> bool:
-        """A single block-output replacement with no other intervention (the original fast paths)."""
-        return self.is_single_patch and self.target_embeds is None
+    def patch(self) -> Write | None:
+        """The write of f(h) (the first write without a value), or ``None`` for a job without a source."""
+        if self.source is None:
+            return None
+        return next((w for w in self.writes if w.value is None), None)
 
-    def all_writes(self, value: torch.Tensor | None) -> list[Write]:
-        """Every write of the target run, the patch first, with ``value`` (f(h)) filled in where needed."""
-        out = []
-        if self.source_model is not None:
-            out.append(Write(self.target_layer, self.target_position, value, self.target_site, self.add))
-        for w in self.writes:
-            out.append(w if w.value is not None else Write(w.layer, w.position, value, w.site, w.add))
-        return out
+    @property
+    def noise(self) -> Noise | None:
+        return next((i for i in self.interventions if isinstance(i, Noise)), None)
 
+    @property
+    def knockout(self) -> Knockout | None:
+        return next((i for i in self.interventions if isinstance(i, Knockout)), None)
 
-def answer_logprobs(logprobs: torch.Tensor, ids: Sequence[int]) -> list[float]:
-    """Probabilities of token ``ids`` from one row of log-probabilities."""
-    return [float(logprobs[i].exp()) for i in ids]
+    @property
+    def soft_input(self) -> SoftInput | None:
+        return next((i for i in self.interventions if isinstance(i, SoftInput)), None)
+
+    def filled_writes(self, value: torch.Tensor | None) -> list[Write]:
+        """The job's writes with ``value`` (f(h)) where they have none."""
+        return [w if w.value is not None else Write(w.layer, w.position, value, w.site, w.add) for w in self.writes]
 
 
 def job_models(jobs: Sequence[Job]) -> list[LanguageModel]:
     """The distinct models the jobs run (sources and targets), in order of first use."""
-    return list(dict.fromkeys(m for job in jobs for m in (job.source_model, job.target_model) if m is not None))
-
-
-def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: bool) -> list[Readings]:
-    """Top-k tokens and probabilities of each row of ``logits`` ``(n, vocab)``."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    k = min(k, logprobs.shape[-1])
-    values, indices = logprobs.topk(k, dim=-1)
-    probs = values.exp().cpu().tolist()
-    ids = indices.cpu().tolist()
-    out = []
-    for row in range(logits.shape[0]):
-        out.append(
-            Readings(
-                top_tokens=model.token_strings(ids[row]),
-                top_token_ids=ids[row],
-                top_probs=probs[row],
-                logits=logits[row].float().cpu().clone() if keep_full else None,
-            )
-        )
-    return out
-
-
-def finish_generation(model: LanguageModel, new_ids: Sequence[int], readout: Generate) -> tuple[str, list[int]]:
-    """Cut generated ids at the first end-of-sequence token and the text before the first stop string."""
-    eos = model.eos_token_ids
-    kept: list[int] = []
-    for token in new_ids:
-        if int(token) in eos:
-            break
-        kept.append(int(token))
-    text = model.decode(kept)
-    cut = cut_at_stop(text, readout.stop)
-    if cut != text:
-        # Keep the ids up to the token that completes the first stop string, as decoding stops there; the
-        # reference engine generates past it, and both must report the same ids.
-        for end in range(1, len(kept) + 1):
-            partial = model.decode(kept[:end])
-            if cut_at_stop(partial, readout.stop) != partial:
-                kept = kept[:end]
-                break
-    return cut, kept
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any stop string."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            idx = text.find(s)
-            if 0 <= idx < cut:
-                cut = idx
-    return text[:cut]
+    found = (m for job in jobs for m in (job.source.model if job.source else None, job.model) if m is not None)
+    return list(dict.fromkeys(found))

@@ -1,17 +1,15 @@
-"""Next-token rows that run only the blocks above their patch layer, many patch layers in one forward.
+"""Rows that run only the blocks from their entry on, many entries in one forward.
 
-For a next-token readout nothing below the patch layer l* depends on the patch: the outputs of blocks
-0..l* at the target's suffix tokens are those of the unpatched target run, except at i*, where block l*'s
-output *is* f(h). So a row patched at l* needs only blocks l*+1..L-1.
+Nothing below the first block a row's writes reach (its *entry* e) depends on them: at the row's tokens, the
+outputs of blocks 0..e-1 are those of its base run, except where a block-output write at e-1 replaces (or adds to)
+one. So a row needs only blocks e..L-1, started from the base run's states at block e-1 (the token embeddings for
+e = 0) with those writes applied: its *landing*.
 
-The rows of a batch are sorted by l*, so at block j the rows with l* < j form the head of the batch. Every
-block is swapped for a :class:`Stair` stand-in that runs the original block on that head only (slicing the
-per-row arguments the model's loop passes it), writes the stored unpatched states with f(h) at i* into the
-rows whose l* is j, and passes the other rows through untouched. Rows of many patch layers thus share one
-forward with full-size matrix products, and no row runs a block below its patch layer.
-
-The target prefix (the tokens before i*) is shared by all rows through
-:func:`patchscopes.engine.prefix.shared_prefix_view`.
+The rows of a batch are sorted by entry, so at block j the rows that have entered form the head of the batch.
+Every block below the last entry is swapped for a :class:`Stair` stand-in that runs the original block on that
+head only (slicing the per-row arguments the model's loop passes it), lands the rows that enter at j + 1, and
+passes the other rows through untouched; rows entering at block 0 land on the token embeddings' output. Rows of
+many entries thus share one forward with full-size matrix products, and no row runs a block below its entry.
 """
 
 from __future__ import annotations
@@ -20,37 +18,35 @@ import bisect
 import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from patchscopes.engine.hooks import capture_hook, hooks_on
 
+@dataclass
+class Landing:
+    """The states that rows entering after one block (or the embeddings) start from.
 
-def unpatched_suffix_states(model, input_ids, mask, positions, cache, layers: set[int]):
-    """Outputs of blocks ``layers`` at the suffix tokens of the unpatched target run, ``(n_suffix, d)`` each.
-
-    Returns ``None`` where blocks cannot be skipped: blocks that return tuples (older transformers), or a
-    model dispatched over several devices.
+    Attributes:
+        states: The base run's states there, ``(n, d)`` shared by the rows or ``(rows, n, d)`` one per row.
+        rows, cols: Where the rows' writes land (row within the landing rows, position within the tokens run).
+        values: The written vectors ``(k, d)``; ``adds`` which of them add to the state.
     """
-    if not layers or len(set(getattr(model.hf, "hf_device_map", {"": 0}).values())) > 1:
-        return None
-    store: dict = {}
-    kinds: set[bool] = set()
-    n = input_ids.shape[1]
 
-    def make(layer: int):
-        grab = capture_hook(torch.zeros(n, dtype=torch.long), torch.arange(n), store, layer, stop=False)
+    states: torch.Tensor
+    rows: list[int]
+    cols: list[int]
+    values: torch.Tensor | None
+    adds: list[bool]
 
-        def hook(module, args, output):
-            kinds.add(isinstance(output, tuple))
-            return grab(module, args, output)
-
-        return hook
-
-    with torch.no_grad(), hooks_on(model.arch.blocks, {layer: make(layer) for layer in layers}):
-        model.forward(input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                      use_cache=cache is not None, logits_to_keep=1)
-    return None if True in kinds else store
+    def into(self, out: torch.Tensor) -> None:
+        """Write the landing states and writes over ``out`` ``(rows, n, d)``."""
+        out[:] = self.states.to(out.dtype)
+        if self.rows:
+            r, c = torch.tensor(self.rows), torch.tensor(self.cols)
+            values = self.values.to(out.device, out.dtype)
+            add = torch.tensor(self.adds, device=out.device)[:, None]
+            out[r, c] = torch.where(add, out[r, c] + values, values)
 
 
 def _rows(value, n: int, batch: int):
@@ -67,19 +63,16 @@ def _rows(value, n: int, batch: int):
 
 
 class Stair(torch.nn.Module):
-    """Stands in for decoder block j while rows patched at different layers share one forward.
+    """Stands in for decoder block j while rows of different entries share one forward.
 
-    Rows ``[0, run)`` (patched below j) go through the original block; rows ``[run, land)`` (patched at j)
-    get ``state`` with their ``values`` written at suffix position 0 (i*); the remaining rows (patched above
-    j) pass through, to be overwritten at their own patch layer. The original block's attributes stay
-    visible, as the model's loop may read them (an attention type, a layer index).
+    Rows ``[0, run)`` (entered at or below j) go through the original block; rows ``[run, land)`` (entering at
+    j + 1) get their :class:`Landing`; the remaining rows pass through, to be overwritten when they land. The
+    original block's attributes stay visible, as the model's loop may read them (an attention type, a layer index).
     """
 
-    def __init__(self, original: torch.nn.Module, run: int, land: int, state: torch.Tensor | None,
-                 values: torch.Tensor | None) -> None:
+    def __init__(self, original: torch.nn.Module, run: int, land: int, landing: Landing | None) -> None:
         super().__init__()
-        for name, value in (("_original", original), ("_run", run), ("_land", land), ("_state", state),
-                            ("_values", values)):
+        for name, value in (("_original", original), ("_run", run), ("_land", land), ("_landing", landing)):
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str):
@@ -99,34 +92,41 @@ class Stair(torch.nn.Module):
             out[:run] = get(self, "_original")(hidden_states[:run], *_rows(args, run, batch),
                                                **_rows(kwargs, run, batch))
         if land > run:
-            out[run:land] = get(self, "_state").to(out.dtype)
-            out[run:land, 0] = get(self, "_values").to(out.dtype)
+            get(self, "_landing").into(out[run:land])
         return out
 
 
 @contextlib.contextmanager
-def staircase(blocks: torch.nn.ModuleList, row_layers: Sequence[int], states: dict[int, torch.Tensor],
-              values: torch.Tensor) -> Iterator[None]:
-    """Swap blocks for :class:`Stair` stand-ins for one forward over rows patched at ``row_layers``.
+def staircase(model, entries: Sequence[int], landings: dict[int, Landing]) -> Iterator[None]:
+    """Swap blocks for :class:`Stair` stand-ins for one forward over rows entering at ``entries``.
 
     Args:
-        blocks: The model's decoder blocks.
-        row_layers: Each row's patch layer l*, in ascending order.
-        states: The unpatched outputs of each block in ``row_layers`` at the suffix tokens, ``(n, d)``.
-        values: Each row's f(h), ``(rows, d)``.
+        model: The model (its blocks are swapped, its token embedding hooked for rows entering at block 0).
+        entries: Each row's entry block, in ascending order (the number of blocks: no block to run).
+        landings: For each layer j in -1..L-1 where rows land (enter at j + 1), their :class:`Landing`.
     """
-    if any(a > b for a, b in itertools.pairwise(row_layers)):
-        raise ValueError("rows must be sorted by their patch layer")
-    rows = len(row_layers)
+    if any(a > b for a, b in itertools.pairwise(entries)):
+        raise ValueError("rows must be sorted by their entry block")
+    blocks = model.arch.blocks
     originals = list(blocks)
+    handle = None
     try:
-        for j in range(row_layers[-1] + 1):
-            run = bisect.bisect_left(row_layers, j)
-            land = bisect.bisect_right(row_layers, j)
-            if run == rows:
-                continue
-            blocks[j] = Stair(originals[j], run, land, states.get(j), values[run:land] if land > run else None)
+        if -1 in landings:
+            first = bisect.bisect_right(entries, 0)
+
+            def embed_hook(module, args, output, landing=landings[-1]):
+                output = output.clone()
+                landing.into(output[:first])
+                return output
+
+            handle = model.arch.embed.register_forward_hook(embed_hook)
+        for j in range(min(len(originals), entries[-1])):
+            run, land = bisect.bisect_right(entries, j), bisect.bisect_right(entries, j + 1)
+            if run < len(entries):
+                blocks[j] = Stair(originals[j], run, land, landings.get(j))
         yield
     finally:
+        if handle is not None:
+            handle.remove()
         for j, block in enumerate(originals):
             blocks[j] = block

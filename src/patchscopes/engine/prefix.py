@@ -1,41 +1,46 @@
-"""The target prefix: the tokens before i*, whose key/value cache every row of a target group shares.
+"""The shared prefix: the tokens before a group's first change, whose key/value cache its rows share.
 
-No patch can change the target tokens before i*, so their keys and values are computed once per target
-prompt (:func:`prefix_cache`) and shared by every row instead of copied into each:
+No write of a group's rows changes the tokens before their start, so those tokens' keys and values are computed
+once (:func:`prefix_cache`, or cut from the base run's cache: :func:`cut_cache`) and shared by every row:
 
-- :func:`shared_prefix_view` serves a single forward (a next-token readout): its ``update`` returns the
-  prefix, broadcast to however many rows call it, followed by the rows' new keys and values, and stores
-  nothing, since a next-token readout never reads the cache again.
-- :func:`prefixed_cache` serves generation: each row stores only its own keys and values after the prefix.
+- :func:`~patchscopes.models.shared_attention.shared_view` serves a single forward (a next-token readout);
+  :func:`~patchscopes.models.shared_attention.prefixed_cache` serves generation, each row storing only its own
+  keys and values after the prefix;
+- inside :func:`sharing`, on a model whose load-time proof passed it, attention reads the prefix once for all rows
+  (:mod:`patchscopes.models.shared_attention`); elsewhere each layer concatenates the prefix to the rows' keys;
+- :func:`per_row_prefix` serves rows of several base runs (causal tracing's noise samples), each attending to its
+  own base's prefix.
 
-Both reproduce what a per-row copy of the cache would return (the same tensors, in the same order), for the
-cache layers they accept; for any other cache (static, quantized, offloaded, linear attention) they return
-``None`` and the caller falls back to :func:`expand_cache`, one copy per row.
+For caches these cannot reproduce (static, quantized, offloaded, linear attention) they return ``None`` and the
+caller falls back to :func:`expand_cache`, one copy per row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
 import torch
-from transformers.cache_utils import DynamicLayer
 
+from patchscopes.engine.hooks import HookPlan, installed
 from patchscopes.models import LanguageModel
+from patchscopes.models.shared_attention import prefixed_cache, shareable_layers, shared_prefix_attention, shared_view
 
-_SHAREABLE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+def sharing(model: LanguageModel):
+    """Shared-prefix attention for ``model``'s forwards within the block, where its proof allows it."""
+    return shared_prefix_attention(model) if model.fast_path.shared_attention else contextlib.nullcontext()
 
 
-def prefix_cache(model: LanguageModel, prefix: Sequence[int]):
-    """The key/value cache of the unpatched target tokens before i* (``None`` if there are none)."""
+def prefix_cache(model: LanguageModel, prefix: Sequence[int], plan: HookPlan | None = None):
+    """The key/value cache of the tokens ``prefix`` with the hooks of ``plan`` (``None`` if there are none)."""
     if not prefix:
         return None
     ids = torch.tensor([list(prefix)])
-    with torch.no_grad():
-        _, cache = model.forward(
-            ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix))[None],
-            use_cache=True, logits_to_keep=1,
-        )
+    with torch.no_grad(), installed(model, plan):
+        _, cache = model.forward(ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix))[None],
+                                 use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -49,82 +54,36 @@ def expand_cache(cache, rows: int):
     return cache
 
 
-def _shareable_layers(cache) -> list | None:
-    layers = getattr(cache, "layers", None)
-    if not layers or getattr(cache, "offloading", False):
+def cut_cache(cache, length: int, n: int):
+    """The first ``length`` tokens of a batch-1 ``cache`` of ``n`` tokens, or ``None`` where a layer does not hold
+    them all (a sliding window has dropped some)."""
+    layers = shareable_layers(cache)
+    if layers is None or any(type(layer).__name__ != "DynamicLayer" or layer.keys.shape[-2] != n for layer in layers):
         return None
+    out = copy.copy(cache)
+    out.layers = []
     for layer in layers:
-        if type(layer).__name__ not in _SHAREABLE_LAYERS or getattr(layer, "record_past", False):
-            return None
-        if not getattr(layer, "is_initialized", False) or layer.keys.shape[0] != 1:
-            return None
-    return layers
+        cut = copy.copy(layer)
+        cut.keys, cut.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+        out.layers.append(cut)
+    return out
 
 
-def shared_prefix_view(cache):
-    """A read-only view of a batch-1 prefix cache that any number of rows can attend to, or ``None``."""
-    layers = _shareable_layers(cache)
-    if layers is None:
-        return None
-    view = copy.copy(cache)
+def per_row_prefix(caches: Sequence, row_base: torch.Tensor):
+    """A cache view for a forward whose row ``r`` attends to the prefix ``caches[row_base[r]]`` (batch-1 caches
+    of one length); it stores nothing. The rows that call it are always the first ones of the batch."""
+    n_layers = len(caches[0].layers)
+    keys = [torch.cat([c.layers[i].keys for c in caches]) for i in range(n_layers)]
+    values = [torch.cat([c.layers[i].values for c in caches]) for i in range(n_layers)]
+    view = copy.copy(caches[0])
 
     def update(key_states, value_states, layer_idx, *args, **kwargs):
-        layer = layers[layer_idx]
-        rows = key_states.shape[0]
-        keys = layer.keys.expand(rows, -1, -1, -1)
-        values = layer.values.expand(rows, -1, -1, -1)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+        index = row_base[: key_states.shape[0]].to(key_states.device)
+        return (torch.cat([keys[layer_idx].index_select(0, index), key_states], dim=-2),
+                torch.cat([values[layer_idx].index_select(0, index), value_states], dim=-2))
 
     view.update = update
     return view
 
 
-class PrefixedLayer(DynamicLayer):
-    """One layer's cache: a prefix shared by all rows (batch 1), then each row's own keys and values.
-
-    It holds every position from the start of the prompt, as a full-attention layer does; for a
-    sliding-window layer the model's sliding mask still limits what each query sees, so attention gives
-    what a sliding cache would.
-    """
-
-    is_sliding = False
-
-    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor) -> None:
-        super().__init__()
-        self.device = prefix_keys.device
-        self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
-        self.keys = self.values = None
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if self.keys is None:
-            self.keys, self.values = key_states, value_states
-        else:
-            self.keys = torch.cat([self.keys, key_states], dim=-2)
-            self.values = torch.cat([self.values, value_states], dim=-2)
-        rows = self.keys.shape[0]
-        return (torch.cat([self.prefix_keys.expand(rows, -1, -1, -1), self.keys], dim=-2),
-                torch.cat([self.prefix_values.expand(rows, -1, -1, -1), self.values], dim=-2))
-
-    def get_seq_length(self) -> int:
-        return self.prefix_keys.shape[-2] + (0 if self.keys is None else self.keys.shape[-2])
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.keys is not None:
-            self.keys, self.values = self.keys[indices, ...], self.values[indices, ...]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.keys is not None:
-            self.keys = self.keys.repeat_interleave(repeats, dim=0)
-            self.values = self.values.repeat_interleave(repeats, dim=0)
-
-
-def prefixed_cache(cache):
-    """A cache for generation rows that share ``cache`` as their prefix and store only their own tokens,
-    or ``None`` where ``cache`` is of a kind this cannot reproduce."""
-    layers = _shareable_layers(cache)
-    if layers is None or any(layer.keys.shape[-2] != layer.get_seq_length() for layer in layers):
-        return None  # a sliding-window layer has already dropped the prefix's first tokens
-    out = copy.copy(cache)
-    out.layers = [PrefixedLayer(layer.keys, layer.values) for layer in layers]
-    return out
+__all__ = ["cut_cache", "expand_cache", "per_row_prefix", "prefix_cache", "prefixed_cache", "shared_view", "sharing"]

@@ -1,16 +1,20 @@
 """What the engine can read out of a target run, and what it returns.
 
-:class:`NextToken` and :class:`Generate` say what to read; :class:`Readings` holds what one run showed. The
-root package re-exports them as part of the paper's notation (:mod:`patchscopes.scope`).
+:class:`NextToken` and :class:`Generate` say what to read; :class:`Readings` holds what one run showed;
+:func:`next_token_readings` turns final-normed states into readings. The root package re-exports the readouts
+as part of the paper's notation (:mod:`patchscopes.scope`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
 
+from patchscopes.engine.unembedding import logits_of, top_k_logprobs
 from patchscopes.errors import PatchscopesError
+from patchscopes.models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,43 @@ class Readings:
 
 READING_FIELDS = tuple(f.name for f in fields(Readings) if f.name != "logits")
 """The fields of :class:`Readings` that go into records and shard files (the full logits go apart, as tensors)."""
+
+
+def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: bool) -> list[Readings]:
+    """Top-k tokens and probabilities of each row of ``logits`` ``(n, vocab)``."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    probs, ids = values.exp().cpu().tolist(), indices.cpu().tolist()
+    return [Readings(top_tokens=model.token_strings(ids[row]), top_token_ids=ids[row], top_probs=probs[row],
+                     logits=logits[row].float().cpu().clone() if keep_full else None)
+            for row in range(logits.shape[0])]
+
+
+def next_token_readings(model: LanguageModel, hidden: torch.Tensor, readouts: Sequence[NextToken],
+                        answers: Sequence[Sequence[int]]) -> list[Readings]:
+    """The readings of final-normed hidden states ``(rows, d)``, row ``r`` read by ``readouts[r]`` (with the
+    probabilities of ``answers[r]``).
+
+    The top-k is read slice by slice of the vocabulary (no full logit matrix), unless a row asks for the full
+    logits or for answers.
+    """
+    k_max = max(r.top_k for r in readouts)
+    if not any(answers) and not any(r.full_logits for r in readouts):
+        logprobs, ids = top_k_logprobs(model, hidden, k_max)
+        probs, ids = logprobs.exp().cpu().tolist(), ids.cpu().tolist()
+        return [Readings(top_tokens=model.token_strings(ids[row][: r.top_k]), top_token_ids=ids[row][: r.top_k],
+                         top_probs=probs[row][: r.top_k]) for row, r in enumerate(readouts)]
+    out = []
+    for start in range(0, hidden.shape[0], 64):  # full logits: a few rows at a time
+        logits = logits_of(model, hidden[start: start + 64])
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, reading in enumerate(top_readings(model, logits, k_max, True), start):
+            r = readouts[row]
+            reading.top_tokens, reading.top_token_ids, reading.top_probs = (
+                reading.top_tokens[: r.top_k], reading.top_token_ids[: r.top_k], reading.top_probs[: r.top_k])
+            if not r.full_logits:
+                reading.logits = None
+            if answers[row]:
+                reading.answer_probs = [float(logprobs[row - start, i].exp()) for i in answers[row]]
+            out.append(reading)
+    return out

@@ -16,6 +16,12 @@ them still loads, and :func:`patchscopes.run` uses the plain hooked engine for i
    of one full forward (so target prefixes can be computed once and shared);
 5. a left-padded batch gives each row the logits it gets alone (so prompts of different lengths can share a
    forward).
+
+A sixth decides how rows share a prefix: two rows whose attention reads the batch-1 prefix once, through
+shared-prefix attention (:mod:`~patchscopes.models.shared_attention`), give the full forward's logits in a
+next-token forward and in a generation's prefill and decoding step; where they do not (an attention
+implementation or kernel it does not reproduce), each layer concatenates the prefix to the rows' keys instead,
+and :attr:`FastPathSupport.attention_reason` says why.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ import torch
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models.architectures import text_config
+from patchscopes.models.shared_attention import (
+    SUPPORTED,
+    attention_implementation,
+    prefixed_cache,
+    shared_prefix_attention,
+    shared_view,
+)
 
 if TYPE_CHECKING:
     from patchscopes.models.language_model import LanguageModel
@@ -49,11 +62,15 @@ class FastPathSupport:
             logits.
         left_padding: A left-padded batch gives each row its own logits.
         reason: Why the fast path does not apply, or ``None``.
+        shared_attention: Rows read a shared prefix through shared-prefix attention (no copy per row).
+        attention_reason: Why they do not, or ``None``.
     """
 
     prefix_cache: bool
     left_padding: bool
     reason: str | None = None
+    shared_attention: bool = False
+    attention_reason: str | None = None
 
     @property
     def batched(self) -> bool:
@@ -181,18 +198,9 @@ def _reads_keys_elsewhere(model: LanguageModel, cache, ids, mask, positions, exp
     """Whether rows that read the batch-1 prefix only through ``Cache.update`` (each layer's prefix keys and
     values, then their own), as the batched engine's shared prefix does, fail to reproduce ``expected`` in
     two forwards in a row."""
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(isinstance(getattr(layer, "keys", None), torch.Tensor) for layer in layers):
+    view = shared_view(cache)
+    if view is None:
         return True
-
-    def update(key_states, value_states, layer_idx, *args, **kwargs):
-        layer = layers[layer_idx]
-        rows = key_states.shape[0]
-        return (torch.cat([layer.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
-                torch.cat([layer.values.expand(rows, -1, -1, -1), value_states], dim=-2))
-
-    view = copy.copy(cache)
-    view.update = update
     expected = expected.expand(ids.shape[0], -1, -1)
     try:
         for _ in range(2):  # twice: a layer that writes its state into the shared prefix spoils the second
@@ -202,6 +210,47 @@ def _reads_keys_elsewhere(model: LanguageModel, cache, ids, mask, positions, exp
     except Exception:  # a layer that reads the cache some other way
         return True
     return False
+
+
+def _shared_attention_gap(model: LanguageModel, ids: list[int], logits: torch.Tensor, tol: float) -> str | None:
+    """Why shared-prefix attention does not reproduce the full forward on two rows (``None``: it does), in a
+    next-token forward and in a prefill followed by one decoding step."""
+    base = attention_implementation(model)
+    if base not in SUPPORTED:
+        return f"it reproduces {' and '.join(SUPPORTED)} attention, not {base!r}"
+    n, cut = len(ids), len(ids) - 3
+    x = torch.tensor([ids])
+    rows = 2
+    try:
+        _, cache = model.forward(x[:, :cut], attention_mask=torch.ones((1, cut), dtype=torch.long),
+                                 position_ids=torch.arange(cut)[None], use_cache=True)
+        view = shared_view(cache)
+        if view is None:
+            return f"the cache's layers ({type(cache.layers[0]).__name__}) cannot be shared"
+        with shared_prefix_attention(model):
+            shared, _ = model.forward(x[:, cut:].expand(rows, -1),
+                                      attention_mask=torch.ones((rows, n), dtype=torch.long),
+                                      position_ids=torch.arange(cut, n)[None].expand(rows, -1), cache=view,
+                                      use_cache=True)
+            gap = _difference(shared, logits[:, cut:].expand(rows, -1, -1))
+            if gap > tol:
+                return f"a next-token forward differs from the full forward by {gap:.3g}"
+            rows_cache = prefixed_cache(cache)
+            if rows_cache is None:  # a sliding window has dropped the prefix's first tokens: generation copies it
+                return None
+            first, rows_cache = model.forward(
+                x[:, cut:n - 1].expand(rows, -1), attention_mask=torch.ones((rows, n - 1), dtype=torch.long),
+                position_ids=torch.arange(cut, n - 1)[None].expand(rows, -1), cache=rows_cache, use_cache=True)
+            step, _ = model.forward(x[:, n - 1:].expand(rows, -1),
+                                    attention_mask=torch.ones((rows, n), dtype=torch.long),
+                                    position_ids=torch.full((rows, 1), n - 1), cache=rows_cache, use_cache=True)
+        gap = max(_difference(first, logits[:, cut:n - 1].expand(rows, -1, -1)),
+                  _difference(step, logits[:, n - 1:].expand(rows, -1, -1)))
+        if gap > tol:
+            return f"a prefill and decoding step differ from the full forward by {gap:.3g}"
+    except Exception as err:  # an attention module that passes what shared-prefix attention does not take
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _fast_path(model: LanguageModel, ids: list[int], logits: torch.Tensor, padding: float | Exception,
@@ -235,4 +284,6 @@ def _fast_path(model: LanguageModel, ids: list[int], logits: torch.Tensor, paddi
         reasons.append(f"a left-padded batch fails ({type(padding).__name__}: {padding})")
     elif not padding_ok:
         reasons.append("a left-padded row does not get the logits it gets alone")
-    return FastPathSupport(prefix_ok, padding_ok, "; ".join(reasons) or None)
+    attention = _shared_attention_gap(model, ids, logits, tol) if prefix_ok else "the prefix cache cannot be shared"
+    return FastPathSupport(prefix_ok, padding_ok, "; ".join(reasons) or None, attention is None,
+                           None if attention is None else f"shared-prefix attention: {attention}")

@@ -53,14 +53,24 @@ def plan_shards(jobs: Sequence[Job], shard_size: int | None, engine: str, *, key
             described[id(value)] = canonical(value)
         return described[id(value)]
 
-    keys = [[None if job.source_model is None else job.source_model.name, job.source_ids, job.source_layer,
-             job.source_position, job.source_site, job.target_model.name, job.target_ids, job.target_layer,
-             job.target_position, job.target_site, job.add, describe(job.mapping), describe(job.readout),
-             job.readout_position, job.answer_ids, canonical(job.writes), canonical(job.noise),
-             canonical(job.knockout)] + ([] if job.target_embeds is None else [canonical(job.target_embeds)])
-            for job in jobs]  # soft-prompt vectors only where there are some: the other keys stay as they were
+    keys = [job_key(job, describe) for job in jobs]
     return [Shard(k, start, min(start + size, len(jobs)), _digest([engine, keys[start: start + size]]))
             for k, start in enumerate(starts)]
+
+
+def job_key(job: Job, describe=canonical) -> list:
+    """What a job computes, JSON-ready: its source, target tokens, interventions, mapping and readout (the
+    order of 0.2's keys; soft-prompt vectors only where there are some)."""
+    src, patch = job.source, job.patch
+    further = [w for w in job.writes if w is not patch]
+    soft = job.soft_input
+    key = [None if src is None else src.model.name, () if src is None else src.tokens,
+           -1 if src is None else src.layer, -1 if src is None else src.position, "block" if src is None else src.site,
+           job.model.name, job.tokens, -1 if patch is None else patch.layer, -1 if patch is None else patch.position,
+           "block" if patch is None else patch.site, False if patch is None else patch.add,
+           describe(job.mapping), describe(job.readout), job.readout_position, job.answer_ids, canonical(further),
+           canonical(job.noise), canonical(job.knockout)]
+    return key + ([] if soft is None else [canonical((soft.offset, soft.vectors))])
 
 
 def _digest(value: object) -> str:
