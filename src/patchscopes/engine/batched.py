@@ -30,19 +30,12 @@ from patchscopes.engine.jobs import Job
 from patchscopes.engine.layer_skipping import Landing, staircase
 from patchscopes.engine.padding import left_pad
 from patchscopes.engine.planner import LENS, STAIRCASE, Continuation, Group, entry_layer, first_change, plan
-from patchscopes.engine.prefix import (
-    cut_cache,
-    expand_cache,
-    per_row_prefix,
-    prefix_cache,
-    prefixed_cache,
-    shared_view,
-    sharing,
-)
+from patchscopes.engine.prefix import cut_cache, expand_cache, per_row_prefix, prefix_cache, sharing
 from patchscopes.engine.readouts import Generate, Readings, next_token_readings, top_readings
 from patchscopes.engine.reference import run_writes
 from patchscopes.engine.unembedding import VOCAB_CHUNK, unembedding_input
 from patchscopes.models import LanguageModel
+from patchscopes.models.shared_attention import prefixed_cache, shared_view
 
 
 def run_batched(jobs: Sequence[Job], budget: BatchBudget, progress=None) -> list[Readings]:
@@ -183,6 +176,15 @@ def _prefix_plan(model: LanguageModel, job: Job, start: int):
     return row_plan(model, [writes], [job.knockout])
 
 
+def _prefix_at(model: LanguageModel, job: Job, cache, start: int):
+    """The base run's cache of its tokens before ``start``: cut from ``cache``, or computed again where a layer
+    does not hold them all (a sliding window); ``None`` for ``start == 0``."""
+    if not start:
+        return None
+    cut = cut_cache(cache, start, len(job.tokens))
+    return cut if cut is not None else prefix_cache(model, job.tokens[:start], _prefix_plan(model, job, start))
+
+
 def run_staircase(group: Group, values, budget: BatchBudget, progress) -> dict[int, Readings]:
     """Next-token jobs on one prompt: each base run once, then rows over the tokens from their start, through
     the blocks from their entry (see :mod:`~patchscopes.engine.layer_skipping`)."""
@@ -215,8 +217,7 @@ def run_staircase(group: Group, values, budget: BatchBudget, progress) -> dict[i
     for job in jobs:
         by_start_jobs[starts[job.index]].append(job)
     for start, members in by_start_jobs.items():
-        prefixes = [(cut_cache(cache, start, n) or prefix_cache(model, ids[:start], _prefix_plan(model, job, start)))
-                    if start else None for job, (cache, _) in zip(firsts, bases)]
+        prefixes = [_prefix_at(model, job, cache, start) for job, (cache, _) in zip(firsts, bases)]
         if start and len(firsts) == 1 and shared_view(prefixes[0]) is None:
             # a prefix cache of a kind that cannot be shared: rows through every block, each with a copy
             out.update(run_rows(Group("rows", members, start), values, budget, progress))

@@ -25,7 +25,7 @@ import torch
 
 from patchscopes.engine.hooks import HookPlan, installed
 from patchscopes.models import LanguageModel
-from patchscopes.models.shared_attention import prefixed_cache, shareable_layers, shared_prefix_attention, shared_view
+from patchscopes.models.shared_attention import shareable_layers, shared_prefix_attention
 
 
 def sharing(model: LanguageModel):
@@ -84,6 +84,3 @@ def per_row_prefix(caches: Sequence, row_base: torch.Tensor):
 
     view.update = update
     return view
-
-
-__all__ = ["cut_cache", "expand_cache", "per_row_prefix", "prefix_cache", "prefixed_cache", "shared_view", "sharing"]
