@@ -7,21 +7,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from tqdm.auto import tqdm
 
-from patchscopes.engine import BatchBudget, Generate, Job, Readings, job_models
+from patchscopes.engine import BatchBudget, Engine, Generate, Job, Readings, check_engine, job_models
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import resolve_jobs, to_result
 from patchscopes.results import PatchResult
-from patchscopes.runs.executors import ENGINES, Executor, LocalExecutor
+from patchscopes.runs.executors import Executor, LocalExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE, plan_shards, readings_to_records, records_to_readings
 from patchscopes.scope import Patchscope, Target
-
-Engine = Literal["batched", "reference"]
 
 
 def run(
@@ -63,8 +60,7 @@ def run(
             another run.
     """
     scopes = [scopes] if isinstance(scopes, Patchscope) else list(scopes)
-    if engine not in ENGINES:
-        raise PatchscopesError(f"unknown engine {engine!r}", hint="use 'batched' or 'reference'")
+    check_engine(engine)
     if shard_size is not None and shard_size < 1:
         raise PatchscopesError(f"shard_size must be at least 1, got {shard_size}")
     jobs = resolve_jobs(scopes, model)

@@ -21,11 +21,11 @@ from typing import Annotated, Any, TypeVar
 import torch
 import typer
 
+from patchscopes.engine import check_engine
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
 from patchscopes.runs import Executor, RayExecutor, RunDir, settings_of
 
-ENGINES = ("batched", "reference")
 PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
 MODEL_HELP = "An alias (see `patchscopes models`), a .gguf file, a model folder or a hub id."
@@ -123,12 +123,6 @@ def parse_methods(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
-
-
-def check_engine(engine: str) -> None:
-    """Refuse an unknown ``--engine``."""
-    if engine not in ENGINES:
-        raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
 
 
 def check_choice(value: str, choices: Sequence[str], option: str) -> None:

@@ -22,6 +22,8 @@ Imports: :mod:`patchscopes.models` and :mod:`patchscopes.errors` only. Jobs are 
 root package (:mod:`patchscopes.resolve`), so the engine never sees the user-facing types.
 """
 
+from typing import Literal, get_args
+
 from patchscopes.engine.batched import run_batched
 from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_budget
 from patchscopes.engine.capture import capture_states
@@ -30,27 +32,22 @@ from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Read, 
 from patchscopes.engine.jobs import Job, job_models
 from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readings, Readout
 from patchscopes.engine.reference import run_reference
+from patchscopes.errors import PatchscopesError
+
+Engine = Literal["batched", "reference"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+"""The engines' names: ``"batched"`` (the fast path) and ``"reference"`` (one plain forward per job)."""
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an unknown engine name."""
+    if engine not in ENGINES:
+        raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+
 
 __all__ = [
-    "EMBEDDINGS",
-    "AnswerProbs",
-    "BatchBudget",
-    "Generate",
-    "Job",
-    "Knockout",
-    "NextToken",
-    "Noise",
-    "Read",
-    "Readings",
-    "Readout",
-    "SoftInput",
-    "Write",
-    "budget_for_memory",
-    "capture_states",
-    "device_budget",
-    "greedy_generate",
-    "greedy_token_ids",
-    "job_models",
-    "run_batched",
+    "EMBEDDINGS", "ENGINES", "AnswerProbs", "BatchBudget", "Engine", "Generate", "Job", "Knockout", "NextToken",
+    "Noise", "Read", "Readings", "Readout", "SoftInput", "Write", "budget_for_memory", "capture_states",
+    "check_engine", "device_budget", "greedy_generate", "greedy_token_ids", "job_models", "run_batched",
     "run_reference",
 ]

@@ -49,8 +49,8 @@ class Generate:
         stop: Strings that end generation; the text is cut before the first one.
         seed: Seed of the sampler, for reproducible samples.
         top_tokens: How many tokens of the first generated position's distribution to report.
-        relevancy: Also score each generated token by SelfIE's relevancy (its probability with the patch
-            minus without, teacher-forced; :mod:`patchscopes.engine.relevancy`).
+        relevancy: Also score each generated token by SelfIE's relevancy: its probability with the patch
+            minus without, teacher-forced; signed (SelfIE's code reports the absolute value).
     """
 
     max_new_tokens: int = 20

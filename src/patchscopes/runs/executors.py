@@ -12,13 +12,19 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from patchscopes.engine import BatchBudget, Job, Readings, device_budget, job_models, run_batched, run_reference
-from patchscopes.errors import PatchscopesError
+from patchscopes.engine import (
+    BatchBudget,
+    Job,
+    Readings,
+    check_engine,
+    device_budget,
+    job_models,
+    run_batched,
+    run_reference,
+)
 from patchscopes.models import LanguageModel
 from patchscopes.runs.shards import Shard
 from patchscopes.scope import Patchscope
-
-ENGINES = ("batched", "reference")
 
 
 def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, progress=None) -> list[Readings]:
@@ -27,14 +33,13 @@ def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, p
     Without a ``budget``, the batched engine's is sized for where the models are
     (:func:`~patchscopes.engine.device_budget`: the CPU default, or large batches within the GPU's free memory).
     """
+    check_engine(engine)
     with torch.no_grad():
         if engine == "batched":
             if budget is None:
                 budget = device_budget(job_models(jobs))
             return run_batched(jobs, budget, progress=progress)
-        if engine == "reference":
-            return run_reference(jobs, progress=progress)
-    raise PatchscopesError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+        return run_reference(jobs, progress=progress)
 
 
 @runtime_checkable
