@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from patchscopes.data.relations import normalize_text
+from patchscopes.data.matching import normalize_text
 from patchscopes.errors import PatchscopesError
 
 COT_TEMPLATE = "Q: {composed} what?\nA: Let's think step by step."
