@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.identity import check_model_identity, model_identity
 from patchscopes.models import LanguageModel
+from patchscopes.models.identity import check_model_identity, model_identity
 from patchscopes.storage import read_safetensors, write_safetensors
 
 FORMAT = "patchscopes-soft-prompt"

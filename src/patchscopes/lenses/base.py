@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.identity import check_model_identity, compare_identity, model_identity  # noqa: F401 (re-exported)
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.models.identity import check_model_identity, compare_identity, model_identity  # noqa: F401 (re-exported)
 from patchscopes.storage import read_folder, write_folder
 
 LENS_KINDS = ("affine", "tuned")

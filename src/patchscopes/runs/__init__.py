@@ -16,7 +16,7 @@ this package, never the reverse. Ray is imported only when a :class:`RayExecutor
 """
 
 from patchscopes.runs.executors import Executor, LocalExecutor, execute_jobs
-from patchscopes.runs.fingerprint import fingerprint, model_identity
+from patchscopes.runs.fingerprint import fingerprint, model_fingerprint
 from patchscopes.runs.ray_executor import ModelSpec, RayExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir, settings_of
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE
@@ -30,7 +30,15 @@ __all__ = [
     "RunDir",
     "execute_jobs",
     "fingerprint",
-    "model_identity",
+    "model_fingerprint",
     "open_run_dir",
     "settings_of",
 ]
+
+
+def __getattr__(name: str):
+    if name == "model_identity":  # 0.2's name for model_fingerprint
+        import importlib
+
+        return importlib.import_module("patchscopes.runs.fingerprint").model_identity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

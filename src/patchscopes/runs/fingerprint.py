@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.identity import model_shape, spaced_sample
 from patchscopes.models import LanguageModel
+from patchscopes.models.identity import model_shape, spaced_sample
 
 _SAMPLES_PER_TENSOR = 64
 
@@ -50,7 +50,7 @@ def canonical(value: object) -> object:
     """A JSON-ready form of ``value`` that says what it is, not where it lives in memory.
 
     Handles None, numbers, strings, lists, tuples, sets, dicts, dataclasses, enums, paths (their file contents),
-    tensors and arrays (their bytes), models (:func:`model_identity`), and objects with a ``fingerprint()``
+    tensors and arrays (their bytes), models (:func:`model_fingerprint`), and objects with a ``fingerprint()``
     method. Other objects (functions, say) stand for their type, qualified name and ``name`` attribute.
     """
     if value is None or isinstance(value, (bool, int, str)):
@@ -68,7 +68,7 @@ def canonical(value: object) -> object:
     if isinstance(value, torch.dtype):
         return str(value)
     if isinstance(value, LanguageModel):
-        return {"model": model_identity(value)}
+        return {"model": model_fingerprint(value)}
     if hasattr(value, "fingerprint") and callable(value.fingerprint):
         return {"fingerprint": value.fingerprint()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -91,8 +91,10 @@ def fingerprint(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def model_identity(model: LanguageModel) -> dict:
-    """What tells one model from another: name, family, sizes, dtype, config and a fingerprint of its weights.
+def model_fingerprint(model: LanguageModel) -> dict:
+    """What tells one model from another in a run directory: name, family, sizes, dtype, config, tokenizer and a
+    fingerprint of its weights (stricter than :func:`patchscopes.models.identity.model_identity`, what saved lenses
+    record, which survives a change of dtype).
 
     The weights' fingerprint hashes the dtype, shape and a fixed sample of elements of every parameter (the
     first and last and evenly spaced ones), so it is cheap even for a model spread over several GPUs, and two
@@ -113,3 +115,13 @@ def model_identity(model: LanguageModel) -> dict:
         "tokenizer": fingerprint(model.tokenizer.get_vocab()),
         "weights": digest.hexdigest(),
     }
+
+
+def __getattr__(name: str):
+    if name == "model_identity":  # 0.2's name, which meant two things (see patchscopes.models.identity)
+        import warnings
+
+        warnings.warn("patchscopes.runs.model_identity is now patchscopes.runs.model_fingerprint", DeprecationWarning,
+                      stacklevel=2)
+        return model_fingerprint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Shards on a Ray cluster: one actor per model replica (one GPU each where there are GPUs).
 
 Each actor loads the models by name (:func:`patchscopes.load_model`), checks they are the models of the driver
-(:func:`~patchscopes.runs.fingerprint.model_identity`), and runs whole shards through the batched (or reference)
+(:func:`~patchscopes.runs.fingerprint.model_fingerprint`), and runs whole shards through the batched (or reference)
 engine. A shard whose actor dies is run again on a fresh actor, so the results equal a single-process run.
 Needs Ray (``pip install 'patchscopes[ray]'``); it is imported when the executor starts.
 """
@@ -20,7 +20,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
 from patchscopes.resolve import resolve_jobs
 from patchscopes.runs.executors import execute_jobs
-from patchscopes.runs.fingerprint import model_identity
+from patchscopes.runs.fingerprint import model_fingerprint
 from patchscopes.scope import Patchscope
 
 
@@ -81,7 +81,7 @@ class ModelWorker:
 
     def identity(self, name: str) -> dict:
         """The identity of the model ``name`` as loaded here."""
-        return model_identity(self.model(name))
+        return model_fingerprint(self.model(name))
 
     def run(self, shard: Sequence[PortableScope], default_model: str | None, start: int, engine: str,
             budget) -> list:
@@ -177,7 +177,7 @@ class RayExecutor:
                 if spec.dtype is None:
                     spec = dataclasses.replace(spec, dtype=str(model.dtype).removeprefix("torch."))
                 self._specs[model.name] = spec
-                self._identities[model.name] = model_identity(model)
+                self._identities[model.name] = model_fingerprint(model)
                 self._check(self.actors, [model.name])  # a model added after the pool started
         if self.actors:
             return

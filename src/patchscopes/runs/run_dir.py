@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
-from patchscopes.runs.fingerprint import canonical, fingerprint, model_identity
+from patchscopes.runs.fingerprint import canonical, fingerprint, model_fingerprint
 from patchscopes.storage import atomic_write, write_text_atomic
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class RunDir:
             path: The folder (created if missing).
             command: What runs (a CLI command or a function's name).
             settings: Every setting that changes the results (not output paths, progress bars or workers).
-            models: The models the run uses; their identities (:func:`model_identity`) go in the manifest.
+            models: The models the run uses; their identities (:func:`model_fingerprint`) go in the manifest.
             data: The inputs (texts, relations, paths of data files...); only their fingerprint is kept.
 
         Raises:
@@ -76,7 +76,7 @@ class RunDir:
         path = Path(path)
         manifest = {
             "format": FORMAT, "version": VERSION, "command": command, "settings": canonical(settings),
-            "models": [model_identity(m) for m in models], "data": fingerprint(data),
+            "models": [model_fingerprint(m) for m in models], "data": fingerprint(data),
         }
         file = path / MANIFEST_FILE
         if file.is_file():
