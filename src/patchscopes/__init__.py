@@ -16,7 +16,6 @@ from patchscopes.data.entities import Entity, EntitySet, read_entities, select_e
 from patchscopes.data.relations import Relation, load_relation, load_relations, mentions
 from patchscopes.data.text import read_documents, split_documents
 from patchscopes.data.two_hop import TwoHopQuery, build_queries
-from patchscopes.display import HeatmapView, show
 from patchscopes.engine import BatchBudget, greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.attention_knockout import KnockoutResult, attention_knockout
@@ -58,6 +57,7 @@ from patchscopes.models import (
     load_model,
     register_architecture,
 )
+from patchscopes.plots.notebook import HeatmapView, show
 from patchscopes.presets import (
     ENTITY_DESCRIPTION,
     ENTITY_DESCRIPTION_PROMPT,

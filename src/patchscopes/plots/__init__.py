@@ -1,4 +1,8 @@
-"""Figures of sweep results: an interactive layer × position heatmap, saved as self-contained HTML.
+"""Figures of results: the interactive layer × position heatmap of a sweep, saved as self-contained HTML, the
+experiments' figure helpers, and (:mod:`~patchscopes.plots.notebook`) ``ps.show`` for Jupyter.
+
+Imports: pandas and plotly (and :mod:`patchscopes.errors`) only; the root, the experiments and the CLI draw
+with it.
 
 :func:`heatmap` works on the DataFrame that :func:`patchscopes.sweep` returns (or that
 :func:`patchscopes.load_results` reads back): one row of cells per source layer (or per source → target
