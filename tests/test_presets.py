@@ -21,6 +21,12 @@ def test_registry():
     assert "token-identity" in str(info.value)
 
 
+@pytest.mark.parametrize("name", list(ps.PRESETS))
+def test_every_preset_has_a_one_line_description(name):
+    description = ps.PRESETS[name].description
+    assert description.strip() and "\n" not in description and len(description) <= 200, name
+
+
 def test_unknown_preset_in_a_sweep(tiny_llama):
     with pytest.raises(PatchscopesError, match="unknown scope 'identity'"):
         ps.sweep(tiny_llama, PROMPT, "identity")

@@ -1,7 +1,8 @@
 """Presets: named patchscope configurations from the paper.
 
 A :class:`Preset` builds the target of a patch from its source: the target prompt, position and layer
-(``"same"`` as the source's, ``"last"``, or a number) and the readout. The three presets:
+(``"same"`` as the source's, ``"last"``, or a number) and the readout, and a one-line ``description``. The
+four presets:
 
 - :data:`LOGIT_LENS`: l* = L-1 at the source's own position, read through the final norm and unembedding.
 - :data:`TOKEN_IDENTITY`: the few-shot identity prompt of the paper's code, patched at its last position,
@@ -59,6 +60,7 @@ class Preset:
             and :meth:`clean` strips it. ``None``: nothing to strip.
         prompt_builder: Builds the target prompt for a model, as token ids with the positions to write
             (f(h) goes to each); overrides ``target_prompt`` and ``target_position`` (SelfIE).
+        description: One line saying what the preset reads (the explorer shows it under the scope).
     """
 
     name: str
@@ -68,6 +70,8 @@ class Preset:
     readout: Readout
     placeholder: str | None = None
     separator: str | None = None
+    prompt_builder: Callable[[LanguageModel], tuple[tuple[int, ...], tuple[int, ...]]] | None = None
+    description: str = ""
 
     def clean(self, text: str) -> str:
         """A generated continuation without the separator it starts with (``": chemist"`` → ``"chemist"``),
@@ -83,7 +87,6 @@ class Preset:
         if stripped.startswith(self.separator):
             stripped = stripped[len(self.separator):]
         return stripped.strip()
-    prompt_builder: Callable[[LanguageModel], tuple[tuple[int, ...], tuple[int, ...]]] | None = None
 
     def with_options(
         self,
@@ -151,11 +154,18 @@ class Preset:
         return Patchscope(source, target, readout)
 
 
-LOGIT_LENS = Preset("logit-lens", None, None, "last", NextToken())
-TOKEN_IDENTITY = Preset("token-identity", TOKEN_IDENTITY_PROMPT, -1, "same", NextToken())
+LOGIT_LENS = Preset(
+    "logit-lens", None, None, "last", NextToken(),
+    description="the final norm and unembedding read h directly (l* = last layer, T = S).",
+)
+TOKEN_IDENTITY = Preset(
+    "token-identity", TOKEN_IDENTITY_PROMPT, -1, "same", NextToken(),
+    description="h is patched into “cat -> cat … ?” at l* = l: which token does the model think h is?",
+)
 ENTITY_DESCRIPTION = Preset(
     "description", ENTITY_DESCRIPTION_PROMPT, "x", "same", Generate(max_new_tokens=20, stop=(",", "\n")),
     placeholder="x", separator=":",
+    description="h is patched into a few-shot description prompt at x; the model writes a description.",
 )
 
 SELFIE_PLACEHOLDERS = 5
@@ -199,7 +209,11 @@ def selfie_prompt(model: LanguageModel, placeholders: int = SELFIE_PLACEHOLDERS,
     return tuple(ids), tuple(positions)
 
 
-SELFIE = Preset("selfie", None, None, 0, Generate(max_new_tokens=30, relevancy=True), prompt_builder=selfie_prompt)
+SELFIE = Preset(
+    "selfie", None, None, 0, Generate(max_new_tokens=30, relevancy=True), prompt_builder=selfie_prompt,
+    description="h is written at the five placeholders of “[INST] _ _ _ _ _ [/INST] Sure, I will summarize the "
+    "message:” at l* = 0; the model summarizes it, each token with its relevancy.",
+)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION, SELFIE)}
 

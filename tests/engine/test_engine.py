@@ -19,11 +19,15 @@ from patchscopes.testing import TINY_FAMILIES, tiny_model
 # Prompts of different lengths in one batch: left padding and the position shift are exercised.
 PROMPTS = ["The Eiffel Tower is in Paris", "Hi", "A longer prompt about rivers, mountains and the sea"]
 CUSTOM_TARGET = "Tell me about x and then go on"
-PRESET_NAMES = ["token-identity", "logit-lens", "description"]
+PRESET_NAMES = list(ps.PRESETS)  # every preset, new ones included
+
+
+def generates(preset: str) -> bool:
+    return isinstance(ps.PRESETS[preset].readout, Generate)
 
 
 def preset_scopes(model: ps.LanguageModel, preset: str, layers: str) -> list[Patchscope]:
-    if preset == "description":
+    if generates(preset):
         return ps.plan_sweep(model, PROMPTS, preset, layers=layers, positions="0,-1", max_new_tokens=6)
     return ps.plan_sweep(model, PROMPTS, preset, layers=layers, positions="0,-1", top_k=5)
 
@@ -52,7 +56,7 @@ def test_presets_match_reference_on_tiny_models(tiny, preset, assert_same):
     scopes = preset_scopes(tiny, preset, "all")
     batched = ps.run(scopes, tiny)
     assert_same(batched, ps.run(scopes, tiny, engine="reference"))
-    if preset == "description":
+    if generates(preset):
         assert all(r.generated_text is not None for r in batched)
     else:
         assert all(r.generated_text is None and len(r.readings.top_tokens) == 5 for r in batched)
@@ -69,7 +73,8 @@ def test_custom_scope_matches_reference_on_tiny_models(tiny, assert_same):
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_presets_match_reference_on_smollm2(smollm2, preset, assert_same):
-    layers = "0,12,-1" if preset != "description" else "3,9"
+    readout = ps.PRESETS[preset].readout  # generations get fewer layers, with relevancy (three runs) one
+    layers = ("9" if readout.relevancy else "3,9") if generates(preset) else "0,12,-1"
     scopes = preset_scopes(smollm2, preset, layers)
     assert_same(ps.run(scopes, smollm2), ps.run(scopes, smollm2, engine="reference"))
 

@@ -21,8 +21,16 @@ def _compare(model, layers, max_new_tokens, atol=1e-4, engine="batched"):
         ids, relevancy = selfie_interpret(model, source_ids, int(row.source_layer), len(source_ids) - 2,
                                           prompt_ids, placeholders, k=SELFIE.target_layer + 1,
                                           max_new_tokens=max_new_tokens)
-        assert list(row.generated_token_ids) == ids[: len(row.generated_token_ids)]
-        n = len(row.generated_token_ids)
+        generated = list(row.generated_token_ids)
+        n = len(generated)
+        where = f"layer {row.source_layer}: generated {generated}, the plain version {ids}"
+        assert n > 0, f"nothing generated ({where})"
+        assert generated == ids[:n], where
+        # A generation shorter than max_new_tokens stopped where the plain version did (an end-of-sequence
+        # token), or at one of the readout's stop strings.
+        stop = [s for s in SELFIE.readout.stop if s]
+        assert n == max_new_tokens or n == len(ids) or any(s in model.decode(generated) for s in stop), (
+            f"stopped early, at no end-of-sequence token or stop string ({where})")
         assert row.relevancy == pytest.approx(relevancy[:n], abs=atol)
 
 

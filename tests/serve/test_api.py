@@ -41,6 +41,8 @@ def test_models_and_presets(client):
     assert data["limits"]["max_patches"] == 200
     presets = client.get("/api/presets").json()["presets"]
     assert [p["name"] for p in presets] == list(ps.PRESETS)  # every preset, new ones included
+    for p in presets:  # the explorer shows the served description under the scope: none is written in the page
+        assert p["description"] == ps.PRESETS[p["name"]].description and p["description"].strip(), p["name"]
     generation = {p["name"] for p in presets if p["generation"]}
     assert generation == {name for name, p in ps.PRESETS.items() if isinstance(p.readout, ps.Generate)}
     assert "description" in generation

@@ -136,10 +136,12 @@ def is_generation(preset: Preset) -> bool:
 
 
 def preset_info(preset: Preset) -> dict:
-    """A preset as the page shows it: name, target prompt, placeholder, target layer, generation or not."""
+    """A preset as the page shows it: name, one-line description, target prompt, placeholder, target layer,
+    generation or not."""
     readout = preset.readout
     return {
         "name": preset.name,
+        "description": preset.description,
         "target_prompt": preset.target_prompt,
         "placeholder": preset.placeholder,
         "target_layer": preset.target_layer,

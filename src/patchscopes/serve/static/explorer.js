@@ -3,11 +3,9 @@
 
 const $ = (id) => document.getElementById(id);
 const BLUES = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"];
-const ABOUT = {
-  "logit-lens": "the final norm and unembedding read h directly (l* = last layer, T = S).",
-  "token-identity": "h is patched into “cat -> cat … ?” at l* = l: which token does the model think h is?",
-  "description": "h is patched into a few-shot description prompt at x; the model writes a description.",
-};
+// Preferred first choices; the first preset served (or generation preset) where the server has no such preset.
+const DEFAULT_SCOPE = "token-identity";
+const DEFAULT_DESCRIBE_SCOPE = "description";
 const QUERY_FIELDS = ["model", "prompt", "scope", "layers", "positions", "top_k", "target_prompt", "target_layer"];
 
 const state = {
@@ -169,7 +167,7 @@ function queryUrl(q, cell) {
 function updateScope() {
   const preset = state.presets.find((p) => p.name === $("scope").value);
   if (!preset) return;
-  $("scope-about").textContent = ABOUT[preset.name]
+  $("scope-about").textContent = preset.description
     || (preset.target_prompt ? `target prompt: ${shorten(preset.target_prompt, 90)}` : "");
   const box = $("target-prompt");
   box.placeholder = preset.target_prompt === null ? "(the source prompt itself)" : preset.target_prompt;
@@ -488,9 +486,9 @@ async function start() {
   fillSelect($("model"), state.models.map((m) => m.name));
   $("model").value = models.default;
   fillSelect($("scope"), state.presets.map((p) => p.name));
-  $("scope").value = "token-identity";
+  if (state.presets.some((p) => p.name === DEFAULT_SCOPE)) $("scope").value = DEFAULT_SCOPE;
   fillSelect($("describe-scope"), generationPresets().map((p) => p.name));
-  if (generationPresets().some((p) => p.name === "description")) $("describe-scope").value = "description";
+  if (generationPresets().some((p) => p.name === DEFAULT_DESCRIBE_SCOPE)) $("describe-scope").value = DEFAULT_DESCRIBE_SCOPE;
   onDescribePreset();
   showModelInfo();
   $("prompt").maxLength = state.limits.max_prompt_chars;
