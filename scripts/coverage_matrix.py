@@ -15,9 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from tqdm.auto import tqdm
 
-from patchscopes.coverage import check_family, coverage_markdown, save_coverage
 from patchscopes.models import quiet_transformers
-from patchscopes.tiny_families import causal_lm_families
+from patchscopes.testing.coverage import check_family, coverage_markdown, save_coverage
+from patchscopes.testing.families import causal_lm_families
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 

@@ -20,6 +20,7 @@ TIERS = {
     "engine": 1,
     "root": 2,
     "runs": 2,  # run directories, shards and executors: used by run/sweep and by everything above
+    "testing": 2,  # tiny models and the coverage matrix: they run the root framework
     "plots": 2,  # figures of results (the sweep heatmap, ps.show): beside the root's results
     "data": 3,
     "lenses": 4,

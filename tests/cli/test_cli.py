@@ -303,7 +303,7 @@ def test_models_lists_embedded_models_and_cache_root(tmp_path, monkeypatch):
 
 
 def test_models_families_prints_the_coverage_table():
-    from patchscopes.coverage import load_coverage
+    from patchscopes.testing.coverage import load_coverage
 
     version, rows = load_coverage()
     result = invoke("models", "--families")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from patchscopes.coverage import COVERAGE_FILE, STATUSES, check_family, coverage_markdown, load_coverage
-from patchscopes.tiny_families import causal_lm_families
+from patchscopes.testing.coverage import COVERAGE_FILE, STATUSES, check_family, coverage_markdown, load_coverage
+from patchscopes.testing.families import causal_lm_families
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 

@@ -14,7 +14,7 @@ from patchscopes.engine import capture_states
 from patchscopes.errors import UnknownArchitectureError
 from patchscopes.models.discovery import discover_architecture
 from patchscopes.testing import tiny_model
-from patchscopes.tiny_families import tiny_family_model
+from patchscopes.testing.families import tiny_family_model
 
 PROMPT = "The Eiffel Tower is in Paris"
 
@@ -164,7 +164,7 @@ def test_a_multimodal_folder_loads_through_its_language_model(tmp_path):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from patchscopes.testing import byte_tokenizer, sharpen
-    from patchscopes.tiny_families import tiny_family_config
+    from patchscopes.testing.families import tiny_family_config
 
     tok = byte_tokenizer()
     config = tiny_family_config("llava", len(tok))

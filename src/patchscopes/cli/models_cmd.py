@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from patchscopes.cli.app import app, console
-from patchscopes.coverage import STATUSES, load_coverage
 from patchscopes.models import DEFAULT_MODEL, cache_dir, embedded_status
+from patchscopes.testing.coverage import STATUSES, load_coverage
 
 _STATUS_STYLE = {"fast path": "green", "hooked": "yellow", "refused": "red", "not built": "dim", "fails": "bold red"}
 

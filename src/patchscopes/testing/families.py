@@ -5,7 +5,7 @@
 decoder layers, width 64, four heads, four experts, the byte tokenizer's vocabulary), recursing into
 sub-configs (the text and vision parts of multimodal models); :func:`tiny_family_model` builds the model and
 wraps it with the byte tokenizer of :mod:`patchscopes.testing`. The coverage matrix
-(:mod:`patchscopes.coverage`) runs the engines on each of them.
+(:mod:`patchscopes.testing.coverage`) runs the engines on each of them.
 """
 
 from __future__ import annotations

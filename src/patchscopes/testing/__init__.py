@@ -1,4 +1,8 @@
-"""Tiny, randomly initialised models of every covered family, for tests and examples.
+"""Testing: tiny, randomly initialised models of every covered family, for tests and examples; every causal-LM
+family of transformers built tiny (:mod:`~patchscopes.testing.families`) and the coverage matrix of how each runs
+(:mod:`~patchscopes.testing.coverage`).
+
+Imports: the models (and, for the coverage matrix, the root framework's ``run`` and sweeps).
 
 They need no download: the tokenizer is a byte-level one built in memory, and the weights are drawn from
 a fixed seed. They are honest stand-ins for checking that the engine handles each architecture's layout,

@@ -1,6 +1,6 @@
 """The coverage matrix: every causal-LM family of the installed transformers, tiny and random, through both engines.
 
-For each family (:func:`patchscopes.tiny_families.causal_lm_families`) :func:`check_family` builds the model
+For each family (:func:`patchscopes.testing.families.causal_lm_families`) :func:`check_family` builds the model
 tiny from its default config, loads it (layout registered or discovered, then proved), runs a token-identity
 sweep over every layer and a short patched generation with the reference engine and, where the fast path
 applies, with the batched engine, and compares them. The outcome is one :class:`FamilyCoverage`:
@@ -32,7 +32,7 @@ from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
 from patchscopes.runner import run
 from patchscopes.sweep import plan_sweep
-from patchscopes.tiny_families import tiny_family_model
+from patchscopes.testing.families import tiny_family_model
 
 PROMPTS = ("The Eiffel Tower is in Paris", "Hi")
 STATUSES = ("fast path", "hooked", "refused", "not built", "fails")
@@ -150,7 +150,7 @@ def coverage_markdown(version: str, rows: list[FamilyCoverage]) -> str:
         "",
         f"Every causal-LM class of transformers {version} (`AutoModelForCausalLM`), built tiny and random from its "
         "default config, loaded, and run through a token-identity sweep over every layer and a short patched "
-        "generation with both engines (`patchscopes.coverage`, `python scripts/coverage_matrix.py`, "
+        "generation with both engines (`patchscopes.testing.coverage`, `python scripts/coverage_matrix.py`, "
         "`patchscopes models --families`).",
         "",
         "- **fast path**: the batched engine runs and its results equal the reference engine's.",
