@@ -10,10 +10,10 @@ arrive while the rest is still running. A :class:`DescribeQuery` runs a generati
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchscopes.engine import Engine
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.presets import PRESETS, Preset, get_preset
@@ -73,7 +73,7 @@ class InspectQuery(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, description="Generate this many tokens per patch.")
     top_k: int | None = Field(None, ge=1, description="Top tokens kept per patch (10 by default).")
     baseline: bool = Field(False, description="Also run each target unpatched (the baseline_* fields).")
-    engine: Literal["batched", "reference"] = Field("batched", description="The engine.")
+    engine: Engine = Field("batched", description="The engine.")
 
 
 class DescribeQuery(BaseModel):
