@@ -10,7 +10,7 @@ from transformers import GenerationConfig
 
 import patchscopes as ps
 from patchscopes import Generate, NextToken, Patchscope, PatchscopesError, Source, Target
-from patchscopes.engine.batching import run_with_backoff
+from patchscopes.engine.budget import run_with_backoff
 from patchscopes.engine.hooks import write_hook
 from patchscopes.engine.reference import source_hidden
 from patchscopes.resolve import resolve_jobs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import patchscopes as ps
 from patchscopes.engine import BatchBudget, budget_for_memory, device_budget
-from patchscopes.engine.batching import GPU_ROWS, GPU_TOKENS
+from patchscopes.engine.budget import GPU_ROWS, GPU_TOKENS
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
 

@@ -8,7 +8,7 @@ One patch, step by step (the module that holds each step):
   (:class:`NextToken`, :class:`Generate`) and what a run showed (:class:`Readings`).
 - :mod:`~patchscopes.engine.batched`: the fast engine: sources captured in one early-stopped forward, mappings
   applied once, the jobs grouped by :mod:`~patchscopes.engine.planner` (logit lens, staircase, rows) and run
-  under a :class:`BatchBudget` (:mod:`~patchscopes.engine.batching`) with shared prefixes
+  under a :class:`BatchBudget` (:mod:`~patchscopes.engine.budget`) with shared prefixes
   (:mod:`~patchscopes.engine.prefix`, shared-prefix attention), rows that skip blocks
   (:mod:`~patchscopes.engine.layer_skipping`) and top-k over vocabulary slices
   (:mod:`~patchscopes.engine.unembedding`).
@@ -25,7 +25,7 @@ root package (:mod:`patchscopes.resolve`), so the engine never sees the user-fac
 from typing import Literal, get_args
 
 from patchscopes.engine.batched import run_batched
-from patchscopes.engine.batching import BatchBudget, budget_for_memory, device_budget
+from patchscopes.engine.budget import BatchBudget, budget_for_memory, device_budget
 from patchscopes.engine.capture import capture_states
 from patchscopes.engine.generation import greedy_generate, greedy_token_ids
 from patchscopes.engine.interventions import EMBEDDINGS, Knockout, Noise, Read, SoftInput, Write

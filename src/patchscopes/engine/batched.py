@@ -10,7 +10,7 @@ A run, in order:
    or rows over a shared prefix (:func:`run_rows`, which also generates, through the one decode loop).
 4. *Relevancy*: SelfIE's scores, as teacher-forced jobs planned and run like any other.
 
-Every batch is sized by a :class:`~patchscopes.engine.batching.BatchBudget` and halved on GPU out-of-memory.
+Every batch is sized by a :class:`~patchscopes.engine.budget.BatchBudget` and halved on GPU out-of-memory.
 Only top-k readings are kept unless full logits are asked for. Results equal the reference engine's.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from patchscopes.engine.batching import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
+from patchscopes.engine.budget import BatchBudget, chunks, kv_bytes_per_token, run_with_backoff
 from patchscopes.engine.decode import decode, finish_generation, generators
 from patchscopes.engine.hooks import StopForward, capture_plan, installed, row_plan
 from patchscopes.engine.interventions import Write
