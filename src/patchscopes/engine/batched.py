@@ -29,7 +29,7 @@ from patchscopes.engine.interventions import Write
 from patchscopes.engine.jobs import Job
 from patchscopes.engine.layer_skipping import Landing, staircase
 from patchscopes.engine.padding import left_pad
-from patchscopes.engine.planner import LENS, STAIRCASE, Continuation, Group, entry_layer, first_change, plan
+from patchscopes.engine.planner import LENS, STAIRCASE, Continuation, Group, by_start, entry_layer, first_change, plan
 from patchscopes.engine.prefix import cut_cache, expand_cache, per_row_prefix, prefix_cache, sharing
 from patchscopes.engine.readouts import Generate, Readings, next_token_readings, top_readings
 from patchscopes.engine.reference import run_writes
@@ -197,30 +197,23 @@ def run_staircase(group: Group, values, budget: BatchBudget, progress) -> dict[i
         if id(job.noise) not in base_of:
             base_of[id(job.noise)] = len(firsts)
             firsts.append(job)
-    starts = {job.index: first_change(job) for job in jobs}
     entries = {job.index: entry_layer(job) for job in jobs}
     landing_layers = {entries[j.index] - 1 for j in jobs if entries[j.index] >= 0}
-    lowest = min(starts.values())
+    lowest = min(first_change(job) for job in jobs)
     bases = [_base_run(model, job, landing_layers, lowest) for job in firsts]
+    out: dict[int, Readings] = {}
     if any(base is None for base in bases):  # blocks that cannot be stood in for: rows through every block
-        by_start: dict[int, Group] = {}
-        for job in jobs:
-            by_start.setdefault(starts[job.index], Group("rows", start=starts[job.index])).jobs.append(job)
-        out: dict[int, Readings] = {}
-        for sub in by_start.values():
+        for sub in by_start(jobs):
             out.update(run_rows(sub, values, budget, progress))
         return out
     keep = n - first.readout_position
     element = torch.finfo(model.dtype).bits // 8
-    out = {}
-    by_start_jobs: dict[int, list[Job]] = defaultdict(list)
-    for job in jobs:
-        by_start_jobs[starts[job.index]].append(job)
-    for start, members in by_start_jobs.items():
+    for sub in by_start(jobs):
+        start, members = sub.start, sub.jobs
         prefixes = [_prefix_at(model, job, cache, start) for job, (cache, _) in zip(firsts, bases)]
         if start and len(firsts) == 1 and shared_view(prefixes[0]) is None:
             # a prefix cache of a kind that cannot be shared: rows through every block, each with a copy
-            out.update(run_rows(Group("rows", members, start), values, budget, progress))
+            out.update(run_rows(sub, values, budget, progress))
             continue
         members.sort(key=lambda j: entries[j.index])
         n_suffix = n - start

@@ -110,12 +110,17 @@ def plan(jobs: Sequence[Job], *, skips_blocks) -> list[Group]:
             job = members[0]
             loose.setdefault((job.model, len(job.tokens), _readout_key(job)), Group(ROWS)).jobs.append(job)
             continue
-        by_start: dict[int, Group] = {}
-        for job in members:
-            start = first_change(job)
-            by_start.setdefault(start, Group(ROWS, start=start)).jobs.append(job)
-        groups += by_start.values()
+        groups += by_start(members)
     return groups + list(loose.values())
+
+
+def by_start(jobs: Sequence[Job]) -> list[Group]:
+    """``jobs`` of one base run as :data:`ROWS` groups, one per first changed position."""
+    groups: dict[int, Group] = {}
+    for job in jobs:
+        start = first_change(job)
+        groups.setdefault(start, Group(ROWS, start=start)).jobs.append(job)
+    return list(groups.values())
 
 
 def _readout_key(job: Job) -> tuple:
