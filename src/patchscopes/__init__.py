@@ -72,7 +72,7 @@ from patchscopes.presets import (
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
 from patchscopes.runner import run
-from patchscopes.runs import Executor, LocalExecutor, ModelSpec, RayExecutor, RunDir
+from patchscopes.runs import Executor, LocalExecutor, ModelSpec, RayExecutor, RunDir, RunOptions
 from patchscopes.scope import (
     AnswerProbs,
     AttentionKnockout,
@@ -134,6 +134,7 @@ __all__ = [
     "Readings",
     "Relation",
     "RunDir",
+    "RunOptions",
     "SentenceEmbedder",
     "SoftPrompt",
     "Source",

@@ -5,6 +5,8 @@
   identity, data fingerprint) and one file per finished shard, written atomically (write, then rename); a run
   started again with the same folder skips the finished shards, and a folder written by another command, model,
   data or settings is refused.
+- :mod:`~patchscopes.runs.options`: :class:`RunOptions`, how a run runs (engine, budget, progress, executor,
+  run directory): the one value every experiment and fit takes.
 - :mod:`~patchscopes.runs.shards`: jobs cut into shards keyed by their content, and readings to and from records.
 - :mod:`~patchscopes.runs.executors`: the :class:`Executor` protocol and :class:`LocalExecutor` (in-process, the
   default); :mod:`~patchscopes.runs.ray_executor`: :class:`RayExecutor`, one Ray actor per model replica, models
@@ -17,6 +19,7 @@ this package, never the reverse. Ray is imported only when a :class:`RayExecutor
 
 from patchscopes.runs.executors import Executor, LocalExecutor, execute_jobs
 from patchscopes.runs.fingerprint import fingerprint, model_fingerprint
+from patchscopes.runs.options import RunOptions, run_options
 from patchscopes.runs.ray_executor import ModelSpec, RayExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir, settings_of
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE
@@ -28,10 +31,12 @@ __all__ = [
     "ModelSpec",
     "RayExecutor",
     "RunDir",
+    "RunOptions",
     "execute_jobs",
     "fingerprint",
     "model_fingerprint",
     "open_run_dir",
+    "run_options",
     "settings_of",
 ]
 
