@@ -12,11 +12,11 @@ PROMPT = "Hi you"  # 7 byte positions with <bos>
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"layers": "0:40"}, "layer 3 is out of range: there are 3 layers"),
+    ({"layers": "0:40"}, "layer range '0:40' goes past the last layer: there are 3 layers"),
     ({"layers": "1:"}, None),
-    ({"positions": "2:99"}, "position 7 is out of range: there are 7 positions"),
+    ({"positions": "2:99"}, "position range '2:99' goes past the last position: there are 7 positions"),
     ({"positions": "-3:"}, None),
-    ({"target_layers": "0:4"}, "target layer 3 is out of range"),
+    ({"target_layers": "0:4"}, "target layer range '0:4' goes past"),
 ])
 def test_sweep_ranges_past_the_model_are_refused(tiny_llama, options, message):
     if message is None:

@@ -161,9 +161,9 @@ def test_inspect_default_is_no_baseline(tiny_dir, tmp_path):
     [
         (["--layers", "3"], ["layer 3 is out of range", "3 layers"]),
         (["--layers", "-4"], ["layer -4 is out of range"]),
-        (["--layers", "0:40"], ["layer 3 is out of range", "3 layers", "hint:"]),  # ranges are not clipped
-        (["--target-layer", "1:5"], ["target layer 3 is out of range"]),
-        (["--positions", "2:99"], ["position 7 is out of range", "7 positions"]),
+        (["--layers", "0:40"], ["layer range '0:40' goes past the last layer", "3 layers, 0..2", "hint:"]),
+        (["--target-layer", "1:5"], ["target layer range '1:5' goes past"]),
+        (["--positions", "2:99"], ["position range '2:99' goes past", "7 positions"]),
         (["--positions", "99"], ["position 99 is out of range"]),
         (["--target-layer", "7"], ["target layer 7 is out of range"]),
         (["--layers", "1:x"], ["invalid layer spec '1:x'", "hint:"]),
