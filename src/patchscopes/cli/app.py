@@ -55,6 +55,15 @@ class Command(TyperCommand):
             with formatter.section("Options"):
                 formatter.write_dl(options)
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        """Parse the command line; a bad value, an unknown option or a missing argument is reported as the
+        project's ``error:`` and ``hint:`` lines (exit status 2), not click's usage block."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except USAGE_ERRORS as err:
+            report(usage_error(err, info_name, parent))
+            raise typer.Exit(code=2) from None
+
     def get_short_help_str(self, limit: int = 45) -> str:
         """The ``short_help``, or the help's first paragraph."""
         if self.short_help:
@@ -101,6 +110,33 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable)
 
+# typer parses with its own copy of click: its usage errors are the bases of typer.BadParameter.
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    click.UsageError, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"))
+BAD_PARAMETERS: tuple[type[Exception], ...] = (click.BadParameter, typer.BadParameter)
+
+
+def report(err: PatchscopesError) -> None:
+    """Print ``err`` as one ``error:`` line and, where it has one, a ``hint:`` line, on stderr."""
+    # The message may quote user input (prompts, paths, token text): never read it as rich markup.
+    err_console.print(Text.assemble(("error: ", "bold red"), err.message), highlight=False, soft_wrap=True)
+    if err.hint:
+        err_console.print(Text.assemble(("hint: ", "bold"), err.hint), highlight=False, soft_wrap=True)
+
+
+def usage_error(err: Exception, info_name: str | None, parent: click.Context | None) -> PatchscopesError:
+    """A click usage error (a bad option value, an unknown option, a missing argument) as a
+    :class:`PatchscopesError`: the option named, and a hint (the option's own, or where its help is)."""
+    message = err.format_message()  # type: ignore[attr-defined]
+    param = getattr(err, "param", None)
+    if isinstance(err, BAD_PARAMETERS) and param is not None and type(err).__name__ != "MissingParameter":
+        names = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        name = names[0] if names else (getattr(param, "metavar", None) or str(param.name).upper())
+        message = f"{name}: {err.message}"
+    command = " ".join(n for n in (parent.command_path if parent else None, info_name) if n)
+    hint = getattr(err, "hint", None) or f"see `{command} --help`"
+    return PatchscopesError(message.rstrip("."), hint=hint)
+
 
 def handle_errors(fn: F) -> F:
     """Turn :class:`PatchscopesError` into one clear message on stderr and exit status 2."""
@@ -110,10 +146,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PatchscopesError as err:
-            # The message may quote user input (prompts, paths, token text): never read it as rich markup.
-            err_console.print(Text.assemble(("error: ", "bold red"), err.message), highlight=False, soft_wrap=True)
-            if err.hint:
-                err_console.print(Text.assemble(("hint: ", "bold"), err.hint), highlight=False, soft_wrap=True)
+            report(err)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -43,10 +43,18 @@ def at_least(minimum: float, maximum: float | None = None) -> Callable[[Any], An
     def check(value: Any) -> Any:
         if value is None:
             return value
-        if value < minimum:
-            raise typer.BadParameter(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise typer.BadParameter(f"must be at most {maximum}, got {value}")
+        span = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        problem = None
+        if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite (a float option)
+            problem = f"must be a finite number, got {value}"
+        elif value < minimum:
+            problem = f"must be at least {minimum}, got {value}"
+        elif maximum is not None and value > maximum:
+            problem = f"must be at most {maximum}, got {value}"
+        if problem is not None:
+            error = typer.BadParameter(problem)
+            error.hint = f"give a value {span}"  # type: ignore[attr-defined] (shown by the command's usage errors)
+            raise error
         return value
 
     return check
