@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import ipaddress
+import re
 import secrets
 import socket
 from typing import Annotated
@@ -22,6 +24,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models import DEFAULT_MODEL, embedded_status
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.ASCII | re.IGNORECASE)
 
 
 @app.command("serve", short_help="Explore hidden states in the browser.")
@@ -66,6 +69,7 @@ def serve_command(
 
         patchscopes serve --host 0.0.0.0 --token random
     """
+    host = check_host(host)  # before anything else: a typo in the address is not worth a model load
     runtime.check()
     missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
@@ -107,6 +111,24 @@ def serve_command(
         pool.close()
 
 
+def check_host(host: str) -> str:
+    """``host`` if it can be an address to listen on: an IP address, or a host name (RFC 1123: dot-separated
+    labels of ASCII letters, digits and inner hyphens, each 1 to 63 long, 253 in all); names in lower case.
+
+    Raises:
+        PatchscopesError: It can be neither (``bad..name``, ``-x``, a space, a non-ASCII name).
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if 0 < len(host) <= 253 and all(HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        return host.lower()
+    raise PatchscopesError(f"--host {host!r} is neither an IP address nor a host name",
+                           hint="use an address such as 127.0.0.1 (the default), 0.0.0.0 or ::, or a name such as "
+                           "localhost")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host``:``port`` (port 0: a free one).
 
@@ -118,8 +140,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-    except OSError as err:
-        raise PatchscopesError(f"cannot listen on {host}:{port}: {err.strerror or err}",
+    except (OSError, UnicodeError) as err:  # a name the resolver refuses (IDNA) is a UnicodeError
+        raise PatchscopesError(f"cannot listen on {host}:{port}: {getattr(err, 'strerror', None) or err}",
                                hint="choose another --port (0 picks a free one) or --host") from err
     sock.listen(128)
     return sock

@@ -12,8 +12,10 @@
 - ``POST /api/describe``: a :class:`~patchscopes.serve.queries.DescribeQuery`; answers a list of one record.
 
 Errors are JSON ``{"error": message, "hint": hint}`` with a 4xx status: 400 bad input, 401 a missing or
-wrong token, 403 a foreign ``Host`` header, 404 an unknown model or path, 413 a request over the limits,
-422 a malformed body. Who may ask, and the token, are :mod:`~patchscopes.serve.guard`'s.
+wrong token, 403 a foreign ``Host`` header or a cross-origin ``POST`` without the token, 404 an unknown model
+or path, 413 a request over the limits (its body included), 422 a malformed body, 429 a model's queue full.
+A failure that is not the request's fault is a JSON 500 too (:class:`~patchscopes.serve.middleware.Failsafe`),
+never a plain-text one. Who may ask, and the token, are :mod:`~patchscopes.serve.guard`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import threading
 from importlib import resources
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -30,11 +33,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.serve.guard import Guard, problem
+from patchscopes.serve.middleware import BodyLimit, Failsafe, input_errors
 from patchscopes.serve.pool import Cancelled, ModelPool, ModelWorker
 from patchscopes.serve.queries import (
     DescribeQuery,
     InspectQuery,
     Limits,
+    Plan,
     RequestProblem,
     check_preset,
     inspect_records,
@@ -42,7 +47,7 @@ from patchscopes.serve.queries import (
     plan_query,
     presets_info,
 )
-from patchscopes.serve.streaming import stream_inspect
+from patchscopes.serve.streaming import error_data, stream_inspect
 
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -78,7 +83,9 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
     app = FastAPI(title="patchscopes explorer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.pool = pool
 
-    app.add_middleware(Guard, token=token)
+    app.add_middleware(Failsafe)  # innermost of the three: its JSON 500 still gets the guard's headers
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Guard, token=token)  # outermost: a request that may not pass is not even read
 
     @app.exception_handler(RequestProblem)
     async def on_problem(request: Request, err: RequestProblem):
@@ -90,9 +97,15 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, err: RequestValidationError):
-        issues = ["{}: {}".format(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"])
-                  for e in err.errors()]
+        issues = [invalid_issue(e) for e in err.errors()]
         return problem(422, "invalid request: " + "; ".join(issues), "see GET /api/openapi.json for the fields")
+
+    @app.exception_handler(MemoryError)
+    @app.exception_handler(torch.cuda.OutOfMemoryError)
+    async def on_out_of_memory(request: Request, err: MemoryError):
+        data = error_data(err) if isinstance(err, torch.cuda.OutOfMemoryError) else {
+            "error": "the server ran out of memory", "hint": "sweep fewer layers or positions"}
+        return problem(413, data["error"], data["hint"])
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, err: StarletteHTTPException):
@@ -139,7 +152,7 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
     async def inspect_stream(query: InspectQuery) -> StreamingResponse:
         """Run an inspect query and stream its grid as server-sent events, chunk by chunk."""
         worker = await worker_for(query.model)
-        plan = await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
+        plan = await planned(worker, query)
         return StreamingResponse(stream_inspect(worker, query, plan, first_patches=first_patches),
                                  media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
@@ -157,7 +170,7 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
         """Check ``query``, run it as one sweep on its model's queue, answer its records (499 if the client
         left)."""
         worker = await worker_for(query.model)
-        await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
+        await planned(worker, query)
         try:
             records = await while_connected(request, worker, inspect_records, query)
         except Cancelled:
@@ -169,9 +182,29 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
         if name not in pool.names:
             raise RequestProblem(404, f"this server has no model {name!r}",
                                  hint=f"use one of {', '.join(pool.names)} (GET /api/models)")
-        return await run_in_threadpool(pool.worker, name)
+        worker = await run_in_threadpool(pool.worker, name)
+        if worker.waiting >= limits.max_queued:
+            raise RequestProblem(429, f"{name} has {worker.waiting} jobs queued; this server queues at most "
+                                 f"{limits.max_queued} per model", hint="try again when the running queries finish")
+        return worker
+
+    async def planned(worker: ModelWorker, query: InspectQuery) -> Plan:
+        """:func:`plan_query` off the event loop; whatever reading the query raises is a 400."""
+        with input_errors():
+            return await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
 
     return app
+
+
+def invalid_issue(error: dict) -> str:
+    """One line of a 422 answer: where in the body, and what is wrong (a body that is not JSON said so)."""
+    if error["type"] == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "")
+        at = next((p for p in error["loc"] if isinstance(p, int)), None)
+        return "the body is not valid JSON" + (f" ({reason}, at character {at})" if reason else "")
+    if error["type"] == "model_attributes_type" and tuple(error["loc"]) == ("body",):
+        return "the body must be a JSON object, sent with 'Content-Type: application/json'"
+    return "{}: {}".format(".".join(str(p) for p in error["loc"] if p != "body") or "body", error["msg"])
 
 
 async def while_connected(request: Request, worker: ModelWorker, fn, *args, poll_s: float = 0.25):

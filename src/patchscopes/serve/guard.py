@@ -2,9 +2,15 @@
 
 :class:`Guard` is a plain ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, which hides a client's
 disconnect from the app, and the app drops the work of a client that went away). Without a token it answers
-only requests addressed to the loopback host, a guard against DNS rebinding; with one, every request must
-carry it: an ``Authorization: Bearer`` header, the ``token`` query parameter (the URL the server prints; a
-``GET`` with it sets a same-site, HTTP-only cookie) or that cookie.
+only requests addressed to the loopback host (compared without case, as host names are), a guard against DNS
+rebinding; with one, every request must carry it: an ``Authorization: Bearer`` header, the ``token`` query
+parameter (the URL the server prints; a ``GET`` with it sets a same-site, HTTP-only cookie) or that cookie.
+
+A request that can change something (any method but ``GET``, ``HEAD``, ``OPTIONS``) and whose ``Origin``
+header names another origin than the server's own (another host, another port, ``null``) is refused (403)
+unless it carries the token itself, in the header or the query: a page elsewhere, even on another port of
+this machine (whose requests carry this host's cookies), cannot make the server run work. Without a token
+such a request is always refused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEFAULT_PORTS = {"http": "80", "https": "443"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                "base-uri 'none'; form-action 'self'",
@@ -26,8 +34,18 @@ SECURITY_HEADERS = {
 
 
 def problem(status: int, message: str, hint: str | None = None) -> JSONResponse:
-    """A JSON error response: ``{"error": message, "hint": hint}``."""
-    return JSONResponse({"error": message, "hint": hint}, status_code=status)
+    """A JSON error response: ``{"error": message, "hint": hint}``.
+
+    Text that UTF-8 cannot encode (a lone surrogate quoted from the request) is written as its escape, so the
+    answer itself never fails.
+    """
+    return JSONResponse({"error": encodable(message), "hint": None if hint is None else encodable(hint)},
+                        status_code=status)
+
+
+def encodable(text: str) -> str:
+    """``text`` with any character UTF-8 cannot encode (a lone surrogate) written as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def host_name(host_header: str) -> str:
@@ -35,6 +53,29 @@ def host_name(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1:].split("]", 1)[0]
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def origin_address(origin: str) -> str | None:
+    """The ``host[:port]`` of an ``Origin`` header, lower case, without its scheme's default port; ``None``
+    for ``null`` or a malformed one."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or not rest or "/" in rest or "@" in rest:
+        return None
+    default = DEFAULT_PORTS.get(scheme)
+    return rest[: -len(default) - 1] if default and rest.endswith(":" + default) else rest
+
+
+def own_address(request: Request) -> str:
+    """The ``host[:port]`` the request was addressed to (its ``Host`` header), as :func:`origin_address`."""
+    host = request.headers.get("host", "").strip().lower()
+    default = DEFAULT_PORTS.get(request.url.scheme)
+    return host[: -len(default) - 1] if default and host.endswith(":" + default) else host
+
+
+def foreign_origin(request: Request) -> bool:
+    """Whether the request's ``Origin`` header names another origin than the one it was addressed to."""
+    origin = request.headers.get("origin")
+    return origin is not None and origin_address(origin) != own_address(request)
 
 
 class Guard:
@@ -55,18 +96,27 @@ class Guard:
 
     def refusal(self, request: Request) -> Response | None:
         """The error answer to a request that may not pass, or ``None``."""
-        if self.token is None:
-            if host_name(request.headers.get("host", "")) not in LOOPBACK_HOSTS:
-                return problem(403, "this server only answers requests addressed to 127.0.0.1 or localhost",
-                               "open the URL the server printed")
-            return None
+        if self.token is None and host_name(request.headers.get("host", "")).lower() not in LOOPBACK_HOSTS:
+            return problem(403, "this server only answers requests addressed to 127.0.0.1 or localhost",
+                           "open the URL the server printed")
         header = request.headers.get("authorization", "")
-        given = [header[7:] if header.lower().startswith("bearer ") else None, request.query_params.get("token"),
-                 request.cookies.get(self.cookie_name(request))]
-        if any(g is not None and secrets.compare_digest(g.encode(), self.token.encode()) for g in given):
+        explicit = [header[7:] if header.lower().startswith("bearer ") else None, request.query_params.get("token")]
+        if request.method not in SAFE_METHODS and foreign_origin(request) and not self.carries_token(explicit):
+            return problem(403, f"this server refuses {request.method} requests from another origin",
+                           "use the page this server serves, or send the token in an 'Authorization: Bearer "
+                           "TOKEN' header" if self.token else "use the page this server serves")
+        if self.token is None or self.carries_token([*explicit, request.cookies.get(self.cookie_name(request))]):
             return None
         return problem(401, "this server needs its token", "open the URL the server printed (it holds ?token=...), "
                        "or send the header 'Authorization: Bearer TOKEN'")
+
+    def carries_token(self, given: list[str | None]) -> bool:
+        """Whether one of ``given`` is the token (compared in constant time); never without a token."""
+        token = self.token
+        return token is not None and any(
+            g is not None and secrets.compare_digest(g.encode("utf-8", "surrogatepass"), token.encode())
+            for g in given
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -44,6 +44,9 @@ class Limits:
         max_generations: Patches of one request whose readout generates text.
         max_new_tokens: Tokens generated per patch.
         max_top_k: Top tokens kept per patch.
+        max_body_bytes: Bytes of a request's body (more is refused before it is read).
+        max_queued: Jobs queued or running on one model; a request that finds its model's queue full is
+            refused with status 429.
     """
 
     max_prompt_chars: int = 2000
@@ -52,6 +55,8 @@ class Limits:
     max_generations: int = 256
     max_new_tokens: int = 64
     max_top_k: int = 50
+    max_body_bytes: int = 1 << 20
+    max_queued: int = 64
 
     def to_dict(self) -> dict[str, int]:
         """The limits as a JSON object."""
@@ -155,6 +160,22 @@ def presets_info() -> list[dict]:
     return [preset_info(p) for p in PRESETS.values()]
 
 
+def check_text(what: str, text: str) -> None:
+    """Refuse text UTF-8 cannot encode: a lone surrogate (``"\\ud800"`` in JSON) is no character, and no
+    tokenizer takes it.
+
+    Raises:
+        PatchscopesError: ``text`` holds a lone surrogate.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise PatchscopesError(
+            f"the {what} holds {text[err.start]!r} at character {err.start}, half of a surrogate pair: not text",
+            hint="send the whole character (both halves of its \\u escape pair) or remove it",
+        ) from err
+
+
 def check_preset(query: InspectQuery, limits: Limits) -> Preset:
     """The query's preset with its options, after the limits that need no model.
 
@@ -165,6 +186,7 @@ def check_preset(query: InspectQuery, limits: Limits) -> Preset:
     if not query.prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='type a source prompt, e.g. "The Eiffel Tower is in Paris"')
     for what, text in (("prompt", query.prompt), ("target prompt", query.target_prompt or "")):
+        check_text(what, text)
         if len(text) > limits.max_prompt_chars:
             raise RequestProblem(413, f"the {what} has {len(text)} characters; this server takes at most "
                                  f"{limits.max_prompt_chars}", hint=f"shorten the {what}")
