@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from patchscopes.engine.hooks import StopForward, capture_plan, installed
+from patchscopes.engine.hooks import StopForward, capture_plan, installed, row_plan
+from patchscopes.engine.interventions import Write
 from patchscopes.engine.padding import left_pad
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -19,6 +21,7 @@ def capture_states(
     positions: Sequence[Sequence[int]],
     layers: Sequence[int] | None = None,
     site: str = "block",
+    writes: Sequence[Sequence[Write]] | None = None,
 ) -> torch.Tensor:
     """The output of decoder blocks at given positions of a batch of token sequences, from one forward.
 
@@ -31,6 +34,7 @@ def capture_states(
         positions: For each sequence, the positions to read (indices into that sequence).
         layers: The layers to read, in the order wanted (default: every layer).
         site: ``"block"`` (the block's output), or the output of its ``"mlp"`` or ``"attn"`` module.
+        writes: For each sequence, the writes (:class:`Write`, values given) its forward carries out, as engines do.
 
     Returns:
         ``(n, len(layers), d)`` in float32 on the CPU, one row per (sequence, position) pair, in order.
@@ -49,8 +53,11 @@ def capture_states(
         bad = [p for p in pos if not 0 <= p < len(seq)]
         if bad:
             raise PatchscopesError(f"position {bad[0]} is outside a sequence of {len(seq)} tokens")
+    if writes is not None and len(writes) != len(sequences):
+        raise PatchscopesError(f"{len(sequences)} sequences but {len(writes)} lists of writes")
     if len(sequences) > 1 and not model.fast_path.left_padding:  # padded rows would not be exact: one at a time
-        return torch.cat([capture_states(model, [s], [p], layers, site) for s, p in zip(sequences, positions)])
+        return torch.cat([capture_states(model, [s], [p], layers, site, None if writes is None else [writes[k]])
+                          for k, (s, p) in enumerate(zip(sequences, positions))])
     d = model.hidden_size
     if not any(len(p) for p in positions):
         return torch.zeros(0, len(layers), d)
@@ -59,6 +66,8 @@ def capture_states(
     cols = torch.tensor([pads[r] + p for r, ps in enumerate(positions) for p in ps])
     store: dict = {}
     plan = capture_plan(model, {(layer, site): (rows, cols) for layer in set(layers)}, store)
-    with torch.no_grad(), installed(model, plan), contextlib.suppress(StopForward):
+    written = None if writes is None else row_plan(
+        model, [[replace(w, position=pads[r] + w.position) for w in ws] for r, ws in enumerate(writes)])
+    with torch.no_grad(), installed(model, written, plan), contextlib.suppress(StopForward):
         model.forward(ids, attention_mask=mask, position_ids=pos_ids, logits_to_keep=1)
     return torch.stack([store[(layer, site)].float().cpu() for layer in layers], dim=1)
