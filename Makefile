@@ -9,9 +9,14 @@ DEMO_PROMPT ?= The Eiffel Tower is located in the city of Paris
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow lint bench screenshot clean
+.PHONY: setup browser demo test test-slow lint bench screenshot clean
 
-setup: $(VENV)/.setup-done
+setup: $(VENV)/.setup-done browser
+
+# The explorer's browser tests need the system's Chromium: installed here where this user may (root or
+# password-less sudo), else a loud line names the tests that will be skipped and the command that enables them.
+browser:
+	@bash scripts/install_chromium.sh
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -93,3 +93,21 @@ def assert_same_results(got, expected, *, atol: float = 1e-4) -> None:
 def assert_same():
     """:func:`assert_same_results` as a fixture, for test modules."""
     return assert_same_results
+
+
+BROWSER_TESTS = "tests/serve/test_browser.py"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the explorer's browser tests that were skipped, why, and the one command that enables them
+    (``make test`` runs them only where Chromium is installed)."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if report.nodeid.replace("\\", "/").split("::")[0].endswith(BROWSER_TESTS)]
+    if not skipped:
+        return
+    terminalreporter.section("browser tests skipped", sep="=", yellow=True, bold=True)
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"SKIPPED {report.nodeid}: {reason.removeprefix('Skipped: ')}")
+    terminalreporter.write_line("enable them with: sudo apt-get install -y chromium  (or set PATCHSCOPES_CHROMIUM "
+                                "to a Chromium binary), then run make test again")

@@ -50,7 +50,8 @@ def chromium_path() -> str | None:
 def browser():
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium found: install it (apt-get install chromium) or set PATCHSCOPES_CHROMIUM to its path")
+        pytest.skip("no Chromium found (PATCHSCOPES_CHROMIUM or chromium on the PATH): install it with "
+                    "`sudo apt-get install -y chromium` or set PATCHSCOPES_CHROMIUM to its path")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=path)
         yield browser
