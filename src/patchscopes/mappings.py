@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.storage import check_finite
 
 
 @runtime_checkable
@@ -111,6 +112,7 @@ class Affine:
                 f"could not read mapping {path}: {err}",
                 hint="a mapping file is a safetensors file with a 'weight' (d_out, d_in) and a 'bias' (d_out)",
             ) from err
+        check_finite({"weight": weight} if bias is None else {"weight": weight, "bias": bias}, path, "the mapping")
         name = meta.pop("name", path.stem)
         return cls(weight, bias, name=name, metadata=meta)
 

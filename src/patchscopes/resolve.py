@@ -3,6 +3,7 @@ checked for every scope before anything runs; and the engine's readings wrapped 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -124,6 +125,10 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
                 )
             if readout.top_k < 1:
                 raise PatchscopesError(f"top_k must be at least 1, got {readout.top_k}")
+            if readout.top_k > tgt_model.vocab_size:
+                raise PatchscopesError(
+                    f"top_k {readout.top_k} is more than the vocabulary of {tgt_model.name} "
+                    f"({tgt_model.vocab_size} tokens)", hint=f"use a top_k of 1..{tgt_model.vocab_size}")
         elif isinstance(readout, Generate):
             if readout.max_new_tokens < 1:
                 raise PatchscopesError(f"max_new_tokens must be at least 1, got {readout.max_new_tokens}")
@@ -210,9 +215,13 @@ def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: Embedding
                 f"the noise has shape {tuple(values.shape)}, but {len(positions)} tokens of width "
                 f"{model.hidden_size} are noised",
                 hint=f"give a tensor of shape ({len(positions)}, {model.hidden_size})")
+        if not bool(torch.isfinite(values).all()):
+            raise PatchscopesError("the noise values hold NaN or infinite numbers", hint="give finite noise values")
     else:
-        if not noise.scale >= 0:
-            raise PatchscopesError(f"the noise scale must be non-negative, got {noise.scale}")
+        if not (isinstance(noise.scale, (int, float)) and not isinstance(noise.scale, bool)
+                and math.isfinite(noise.scale) and noise.scale >= 0):
+            raise PatchscopesError(f"the noise scale must be a finite number, at least 0, got {noise.scale!r}",
+                                   hint="e.g. EmbeddingNoise(..., scale=0.1)")
         generator = torch.Generator().manual_seed(int(noise.seed))
         values = torch.randn((len(positions), model.hidden_size), generator=generator) * noise.scale
     return Noise(positions, values, replace=bool(noise.replace))
@@ -251,8 +260,39 @@ def answer_token(model: LanguageModel, prompt, ids: list[int], answer: str | int
 
 
 
+def check_readings(job: Job, scope: Patchscope, readings: Readings) -> None:
+    """Refuse readings with a NaN or infinite probability (the model or the mapping overflowed): an error naming
+    the patch, never a silent NaN row. Only the few numbers kept are looked at (the top-k, the answers')."""
+    values = [*readings.top_probs, *(readings.answer_probs or ()), *(readings.relevancy or ())]
+    if all(math.isfinite(v) for v in values):
+        return
+    bad = next(v for v in values if not math.isfinite(v))
+    if job.source is None or job.patch is None:
+        where = f"the target run of {_prompt_text(job.target_text or scope.target.prompt)}"
+    else:
+        src, patch = job.source, job.patch
+        where = (f"patch {job.index} (source layer {src.layer}, position {src.position} of "
+                 f"{_prompt_text(job.source_text or scope.source.prompt)} → target layer {patch.layer}, position "
+                 f"{patch.position})")
+    raise PatchscopesError(
+        f"{where} gave a probability of {bad}: the run produced NaN or infinite values",
+        hint="check the mapping's and the model's weights for NaN/inf, or use --dtype float32 (float16 and bfloat16 "
+             "can overflow)")
+
+
+def _prompt_text(text: object) -> str:
+    if not isinstance(text, str):
+        return "a prompt of token ids" if isinstance(text, (tuple, list)) else repr(text)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def to_result(job: Job, scope: Patchscope, readings: Readings) -> PatchResult:
-    """Wrap the readings of ``job``'s patched run into a :class:`PatchResult`."""
+    """Wrap the readings of ``job``'s patched run into a :class:`PatchResult`.
+
+    Raises:
+        PatchscopesError: The readings hold NaN or infinite probabilities (:func:`check_readings`).
+    """
+    check_readings(job, scope, readings)
     target_prompt = job.target_text if job.target_text is not None else scope.target.prompt
     patch = job.patch
     if job.source is None or patch is None:  # a target run with interventions only

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from patchscopes.engine import BatchBudget, Engine, Generate, Job, Readings, check_engine, job_models
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
-from patchscopes.resolve import resolve_jobs, to_result
+from patchscopes.resolve import check_readings, resolve_jobs, to_result
 from patchscopes.results import PatchResult
 from patchscopes.runs.executors import Executor, LocalExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir
@@ -100,6 +100,8 @@ def run(
         results = [to_result(job, scope, r) for job, scope, r in
                    zip(jobs[:n_patches], scopes[:n_patches], readings[:n_patches])]
         if baseline:
+            for k in set(which):
+                check_readings(jobs[n_patches + k], scopes[n_patches + k], readings[n_patches + k])  # type: ignore[arg-type]
             for result, k in zip(results, which):
                 result.baseline = readings[n_patches + k]
     finally:

@@ -35,6 +35,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Refuse a file whose floating-point tensors hold NaN or infinite values, naming the file and the tensor.
+
+    Args:
+        tensors: The tensors read, by name.
+        path: The file they were read from.
+        what: What the file is, for the message (``"the lens"``).
+
+    Raises:
+        PatchscopesError: A tensor holds a NaN or an infinite value.
+    """
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise PatchscopesError(
+                f"{what} {path}: the tensor {name!r} holds {bad} NaN or infinite value{'s' if bad != 1 else ''}",
+                hint="the file is corrupt or was written by a diverged fit: fit or save it again")
+
+
 def read_safetensors(
     path: str | Path, what: str, *, hint: str | None = None
 ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -46,7 +65,8 @@ def read_safetensors(
         hint: A hint for a missing or unreadable file.
 
     Raises:
-        PatchscopesError: The file is missing or cannot be read as safetensors.
+        PatchscopesError: The file is missing, cannot be read as safetensors, or holds NaN or infinite values
+            (:func:`check_finite`).
     """
     from safetensors import safe_open
 
@@ -59,6 +79,7 @@ def read_safetensors(
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:
         raise PatchscopesError(f"could not read {what} {path}: {err}", hint=hint) from err
+    check_finite(tensors, path, what)
     return metadata, tensors
 
 

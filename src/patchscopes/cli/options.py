@@ -36,19 +36,21 @@ SPEC_HELP = "'all', '0,3,5', '2:10' (2 to 9), '0:30:5'; negatives count from the
 F = TypeVar("F", bound=Callable)
 
 
-def at_least(minimum: float, maximum: float | None = None) -> Callable[[Any], Any]:
+def at_least(minimum: float, maximum: float | None = None, *, strict: bool = False) -> Callable[[Any], Any]:
     """An option callback that refuses values below ``minimum`` (or above ``maximum``), as ``min=``/``max=`` do,
-    without printing the range in ``--help``; ``None`` (an option not given) passes."""
+    without printing the range in ``--help``, and NaN or infinite numbers; ``strict``: ``minimum`` itself is
+    refused too. ``None`` (an option not given) passes."""
 
     def check(value: Any) -> Any:
         if value is None:
             return value
-        span = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        span = (f"from {minimum} to {maximum}" if maximum is not None
+                else f"above {minimum}" if strict else f"of at least {minimum}")
         problem = None
         if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite (a float option)
             problem = f"must be a finite number, got {value}"
-        elif value < minimum:
-            problem = f"must be at least {minimum}, got {value}"
+        elif value < minimum or (strict and value == minimum):
+            problem = f"must be {'above' if strict else 'at least'} {minimum}, got {value}"
         elif maximum is not None and value > maximum:
             problem = f"must be at most {maximum}, got {value}"
         if problem is not None:

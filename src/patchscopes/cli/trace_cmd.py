@@ -85,6 +85,7 @@ def trace_command(
     ] = 10,
     noise_scale: Annotated[
         float | None, typer.Option("--noise-scale", metavar="S", show_default=False,
+                                   callback=opt.at_least(0.0, strict=True),
                                    help="ν, the noise's standard deviation (default: 3 × the embeddings' std).")
     ] = None,
     seed: opt.seed_option("the noise") = 0,

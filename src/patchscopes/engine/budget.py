@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -35,8 +36,14 @@ class BatchBudget:
     def __post_init__(self) -> None:
         for name in ("rows", "tokens", "bytes"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise PatchscopesError(f"the batch budget's {name} must be at least 1, got {value}")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise PatchscopesError(f"the batch budget's {name} must be a whole number, got {value!r}",
+                                       hint=f"e.g. BatchBudget({name}=256), or None for no limit")
+            if value < 1:
+                raise PatchscopesError(f"the batch budget's {name} must be at least 1, got {value}",
+                                       hint=f"e.g. BatchBudget({name}=256), or None for no limit")
 
     def rows_per_batch(self, tokens_per_row: int, bytes_per_row: int) -> int:
         """How many rows fit in one batch."""

@@ -260,6 +260,10 @@ def causal_trace(
                                hint=f"use a window in 1..{n_layers}")
     if noise_samples < 1:
         raise PatchscopesError(f"noise_samples must be at least 1, got {noise_samples}")
+    if noise_scale is not None and not (isinstance(noise_scale, (int, float)) and not isinstance(noise_scale, bool)
+                                        and math.isfinite(noise_scale) and noise_scale > 0):
+        raise PatchscopesError(f"noise_scale must be a finite number above 0, got {noise_scale!r}",
+                               hint="e.g. noise_scale=0.1, or leave it out for 3 × the embeddings' std")
     if noise_kind not in NOISE_KINDS:
         raise PatchscopesError(f"unknown noise kind {noise_kind!r}", hint=f"use one of {', '.join(NOISE_KINDS)}")
     if answer is not None and not answer.strip():
@@ -279,6 +283,8 @@ def causal_trace(
         if noise.shape != (noise_samples, len(span), model.hidden_size):
             raise PatchscopesError(f"the noise has shape {tuple(noise.shape)}, expected "
                                    f"({noise_samples}, {len(span)}, {model.hidden_size})")
+        if not bool(torch.isfinite(noise).all()):
+            raise PatchscopesError("the noise given holds NaN or infinite values", hint="give finite noise")
 
     clean_readout = NextToken(top_k=1) if answer is None else AnswerProbs(answers=(answer,), top_k=1)
     clean = run(Patchscope(None, Target(prompt, 0), clean_readout), model, engine=engine)[0].readings

@@ -48,7 +48,7 @@ from patchscopes.mappings import Affine, affine_metadata
 from patchscopes.models import LanguageModel
 from patchscopes.runs import RunDir, open_run_dir, settings_of
 from patchscopes.specs import Spec, parse_spec
-from patchscopes.storage import write_safetensors
+from patchscopes.storage import check_finite, write_safetensors
 
 FORMAT = "patchscopes-cross-model-map"
 
@@ -299,6 +299,7 @@ class CrossModelMap:
         except Exception as err:
             raise PatchscopesError(f"could not read the map {path}: {err}",
                                    hint="a map file is written by `patchscopes fit-map`") from err
+        check_finite(tensors, path, "the map")
         if meta.get("format") != FORMAT:
             raise PatchscopesError(f"{path} is not a cross-model map (format {meta.get('format')!r})",
                                    hint="a map file is written by `patchscopes fit-map`")

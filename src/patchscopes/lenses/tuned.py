@@ -26,7 +26,7 @@ from patchscopes.lenses.base import (
 from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.storage import atomic_write
+from patchscopes.storage import atomic_write, check_finite
 
 
 # -- tuned lens ------------------------------------------------------------------------------------------
@@ -234,6 +234,7 @@ def _load_checkpoint(path: Path, identity: dict) -> dict:
     except Exception as err:
         raise PatchscopesError(f"could not read the checkpoint {path}: {err}",
                                hint="delete it to start training afresh") from err
+    check_finite(tensors, path, "the checkpoint")
     saved = meta.get("identity", {})
     identity = json.loads(json.dumps(identity))  # compared as it was stored (tuples become lists)
     for key, what in (("data_fingerprint", "fitting data"), ("settings", "settings"), ("samples", "samples")):
