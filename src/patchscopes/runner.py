@@ -85,8 +85,9 @@ def run(
     try:
         todo = []
         for shard in shards:
-            found = store.read_shard(shard.key) if store is not None else None
-            if found is not None and len(found[0]) == shard.stop - shard.start:
+            # checked against its checksums and count; a corrupt shard is reported (a warning) and redone
+            found = store.read_shard(shard.key, count=shard.stop - shard.start) if store is not None else None
+            if found is not None:
                 readings[shard.start: shard.stop] = records_to_readings(*found)
                 bar.update(shard.stop - shard.start)
             else:

@@ -4,7 +4,8 @@
 - :mod:`~patchscopes.runs.run_dir`: :class:`RunDir`, a folder with a manifest (command, settings, model
   identity, data fingerprint) and one file per finished shard, written atomically (write, then rename); a run
   started again with the same folder skips the finished shards, and a folder written by another command, model,
-  data or settings is refused.
+  data or settings is refused; each shard carries checksums, and a damaged one is reported
+  (:class:`CorruptShardWarning`) and redone.
 - :mod:`~patchscopes.runs.options`: :class:`RunOptions`, how a run runs (engine, budget, progress, executor,
   run directory): the one value every experiment and fit takes.
 - :mod:`~patchscopes.runs.shards`: jobs cut into shards keyed by their content, and readings to and from records.
@@ -21,11 +22,12 @@ from patchscopes.runs.executors import Executor, LocalExecutor, execute_jobs
 from patchscopes.runs.fingerprint import fingerprint, model_fingerprint
 from patchscopes.runs.options import RunOptions, run_options
 from patchscopes.runs.ray_executor import ModelSpec, RayExecutor
-from patchscopes.runs.run_dir import RunDir, open_run_dir, settings_of
+from patchscopes.runs.run_dir import CorruptShardWarning, RunDir, open_run_dir, settings_of
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
+    "CorruptShardWarning",
     "Executor",
     "LocalExecutor",
     "ModelSpec",

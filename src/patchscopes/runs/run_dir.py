@@ -3,27 +3,34 @@
 Layout of a run directory::
 
     DIR/manifest.json              command, settings, model identities, data fingerprint (refuses a mix)
-    DIR/shards/<key>.jsonl         one JSON record per job of a finished shard, keyed by the shard's content
+    DIR/shards/<key>.jsonl         a header line (the records' count and SHA-256 checksums), then one JSON record
+                                   per job of a finished shard, keyed by the shard's content
     DIR/shards/<key>.safetensors   the shard's tensors (full logits), where it has any
     DIR/steps/<key>.json           results of other finished steps (a fact check, say)
 DIR/states/<name>.safetensors  the latest saved state of a long computation (a fit's running sums)
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed over its final name,
 so a reader sees either nothing or the whole file: a shard cut off by a kill is missing and is redone, never
-half-read.
+half-read. A shard damaged after it was written (cut, edited, overwritten, a line copied over another) fails its
+checksums or its records' checks when read: it is reported in one line (a :class:`CorruptShardWarning`) and
+redone, never used. Shards of 0.2 run directories (manifest version 1) have no header; they are still read,
+each record checked for its fields, but without a checksum an edited value in one cannot be told; in a run
+directory of this version, a shard without its header is corrupt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
@@ -34,7 +41,11 @@ T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "patchscopes-run"
-VERSION = 1
+VERSION = 2
+"""2: shard files start with a header of checksums (1: 0.2's shards, records only)."""
+SHARD_HEADER = "patchscopes-shard"
+SHARD_FIELDS = ("top_tokens", "top_token_ids", "top_probs", "generated_text", "generated_token_ids")
+"""The fields every shard record must have (0.2's records lack the later ``answer_probs`` and ``relevancy``)."""
 _COMPARED = ("command", "settings", "models", "data")
 
 
@@ -111,23 +122,77 @@ class RunDir:
         folder = self.path / "shards"
         return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
 
-    def read_shard(self, key: str) -> tuple[list[dict], dict[str, torch.Tensor]] | None:
-        """The records and tensors of a finished shard, or ``None`` if it has not finished."""
+    def read_shard(self, key: str, count: int | None = None) -> tuple[list[dict], dict[str, torch.Tensor]] | None:
+        """The records and tensors of a finished shard, or ``None`` if it has not finished or is corrupt.
+
+        A corrupt shard (see the module's docstring) is reported with a :class:`CorruptShardWarning` naming the
+        file and what is wrong, and ``None`` is returned, so that the caller runs it again.
+
+        Args:
+            key: The shard's key.
+            count: The number of records the shard must hold (``None``: any).
+        """
         file = self._shard(key, ".jsonl")
         if not file.is_file():
             return None
-        records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
-        tensors_file = self._shard(key, ".safetensors")
-        tensors = load_file(tensors_file) if tensors_file.is_file() else {}
-        return records, tensors
+        try:
+            return self._check_shard(file, self._shard(key, ".safetensors"), count)
+        except CorruptShard as err:
+            warnings.warn(f"{file}: corrupt shard ({err}); running it again", CorruptShardWarning, stacklevel=2)
+            return None
+
+    def _check_shard(self, file: Path, tensors_file: Path, count: int | None):
+        try:
+            data = file.read_bytes()
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CorruptShard(f"not UTF-8 text at byte {err.start}") from None
+        except OSError as err:
+            raise CorruptShard(f"unreadable: {err.strerror or err}") from None
+        first, _, body = text.partition("\n")
+        header = _json_line(first, 1) if first.startswith(f'{{"{SHARD_HEADER}"') else None
+        if header is None:
+            if self.manifest.get("version", 1) >= 2:
+                raise CorruptShard("its header line is missing")
+            body, tensors_sum = text, None  # a 0.2 shard: no checksums, the records are checked below
+        else:
+            if not isinstance(header, dict) or not isinstance(header.get("records"), int):
+                raise CorruptShard("its header line is malformed")
+            if hashlib.sha256(body.encode("utf-8")).hexdigest() != header.get("sha256"):
+                raise CorruptShard("its records do not match their checksum (cut, edited or rewritten)")
+            tensors_sum = header.get("tensors_sha256")
+        lines = body.splitlines()
+        records = [_json_line(line, k + (1 if header is None else 2)) for k, line in enumerate(lines) if line]
+        for k, record in enumerate(records):
+            missing = [f for f in SHARD_FIELDS if not isinstance(record, dict) or f not in record]
+            if missing:
+                raise CorruptShard(f"record {k + 1} lacks {', '.join(missing)}")
+        for expected in (header or {}).get("records"), count:
+            if expected is not None and len(records) != expected:
+                raise CorruptShard(f"it holds {len(records)} records, not {expected}")
+        if tensors_sum is None:  # no tensors, or a 0.2 shard's unchecked ones
+            return records, (_load_tensors(tensors_file.read_bytes(), tensors_file.name)
+                             if header is None and tensors_file.is_file() else {})
+        try:
+            blob = tensors_file.read_bytes()
+        except OSError:
+            raise CorruptShard(f"its tensors file {tensors_file.name} is missing") from None
+        if hashlib.sha256(blob).hexdigest() != tensors_sum:
+            raise CorruptShard(f"its tensors file {tensors_file.name} does not match its checksum")
+        return records, _load_tensors(blob, tensors_file.name)
 
     def write_shard(self, key: str, records: Iterable[dict], tensors: dict[str, torch.Tensor] | None = None) -> None:
-        """Write a finished shard; its tensors first, so the records file marks it complete."""
+        """Write a finished shard: its tensors first, then its records under a header of checksums of both, so that
+        the records file marks it complete and proves it whole."""
+        tensors_sum = None
         if tensors:
-            atomic_write(self._shard(key, ".safetensors"),
-                         lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        write_text_atomic(self._shard(key, ".jsonl"), text)
+            blob = save({k: v.contiguous() for k, v in tensors.items()})
+            tensors_sum = hashlib.sha256(blob).hexdigest()
+            atomic_write(self._shard(key, ".safetensors"), lambda tmp: tmp.write_bytes(blob))
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        header = {SHARD_HEADER: VERSION, "records": body.count("\n"),
+                  "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(), "tensors_sha256": tensors_sum}
+        write_text_atomic(self._shard(key, ".jsonl"), json.dumps(header) + "\n" + body)
 
     # -- other steps -------------------------------------------------------------------------------------------
     def cached(self, name: str, key: object, compute: Callable[[], T]) -> T:
@@ -140,7 +205,11 @@ class RunDir:
         """
         file = self.path / "steps" / f"{name}-{fingerprint(key)[:24]}.json"
         if file.is_file():
-            return json.loads(file.read_text(encoding="utf-8"))
+            try:
+                return json.loads(file.read_text(encoding="utf-8"))
+            except ValueError:  # not UTF-8 or not JSON: damaged after it was written
+                warnings.warn(f"{file}: corrupt step (not readable JSON); computing it again", CorruptShardWarning,
+                              stacklevel=2)
         value = compute()
         write_text_atomic(file, json.dumps(value, ensure_ascii=False))
         return json.loads(json.dumps(value))  # the same form a resumed run reads back
@@ -165,6 +234,28 @@ class RunDir:
     def file(self, name: str) -> Path:
         """A path in the run directory for a step that keeps its own file (a tuned lens's checkpoint)."""
         return self.path / name
+
+
+class CorruptShardWarning(UserWarning):
+    """A shard of a run directory failed its checks when read back; it is run again."""
+
+
+class CorruptShard(Exception):
+    """Why a shard file cannot be used (turned into a :class:`CorruptShardWarning` by :meth:`RunDir.read_shard`)."""
+
+
+def _json_line(line: str, number: int) -> object:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise CorruptShard(f"line {number} is not JSON") from None
+
+
+def _load_tensors(blob: bytes, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load(blob)
+    except Exception:  # safetensors raises its own error types on a damaged file
+        raise CorruptShard(f"its tensors file {name} is not readable safetensors") from None
 
 
 def _describe_difference(old: dict, new: dict, differ: list[str]) -> str:
@@ -205,5 +296,13 @@ NOT_SETTINGS = ("executor", "run_dir", "progress")
 
 def settings_of(arguments: dict, exclude: Sequence[str] = ()) -> dict:
     """A function's arguments (its ``locals()`` on entry) as run settings, without those that do not change the
-    results (:data:`NOT_SETTINGS`) and those in ``exclude`` (models and data, recorded on their own)."""
-    return {k: v for k, v in arguments.items() if k not in NOT_SETTINGS and k not in exclude}
+    results (:data:`NOT_SETTINGS`) and those in ``exclude`` (models and data, recorded on their own).
+
+    A :class:`~patchscopes.runs.RunOptions` in ``options`` stands for its ``engine`` and ``budget`` (the settings
+    0.2 recorded as separate arguments, so its run directories still resume; a fit, which runs no patches, puts
+    both in ``exclude``)."""
+    settings = {k: v for k, v in arguments.items() if k not in ("options", "legacy")}
+    options = arguments.get("options")
+    if options is not None and hasattr(options, "run_kwargs"):
+        settings.update(engine=options.engine, budget=options.budget)
+    return {k: v for k, v in settings.items() if k not in NOT_SETTINGS and k not in exclude}
