@@ -109,7 +109,12 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, err: StarletteHTTPException):
-        return problem(err.status_code, str(err.detail))
+        if err.status_code == 400 and err.detail == "There was an error parsing the body":  # FastAPI's words
+            return problem(400, "the request body could not be read (not JSON in UTF-8)",
+                           hint="send a JSON object, UTF-8 encoded, with 'Content-Type: application/json'")
+        hints = {404: "the API is under /api/ (GET /api/openapi.json lists it)",
+                 405: "see GET /api/openapi.json for each path's method"}
+        return problem(err.status_code, str(err.detail), hints.get(err.status_code))
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:

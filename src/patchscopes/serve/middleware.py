@@ -54,7 +54,8 @@ class BodyLimit:
             return
         length = Headers(scope=scope).get("content-length")
         if length is not None and not DIGITS.fullmatch(length):
-            await problem(400, "the Content-Length header is not a number")(scope, receive, send)
+            await problem(400, "the Content-Length header is not a number",
+                          hint="send the body's length in bytes, or no Content-Length")(scope, receive, send)
             return
         if length is not None and int(length) > self.max_bytes:
             await too_large(self.max_bytes)(scope, receive, send)
