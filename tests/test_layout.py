@@ -24,6 +24,7 @@ TIERS = {
     "plots": 2,  # figures of results (the sweep heatmap, ps.show): beside the root's results
     "data": 3,
     "lenses": 4,
+    "vectors": 4,  # directions to describe (SAEs, steering vectors): beside the lenses, below experiments
     "experiments": 5,
     "cli": 6,
     "serve": 6,  # the browser explorer: a front end like the CLI

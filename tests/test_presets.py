@@ -13,7 +13,7 @@ PROMPT = "The Eiffel Tower is in Paris"
 
 
 def test_registry():
-    assert set(ps.PRESETS) == {"token-identity", "logit-lens", "description", "selfie"}
+    assert set(ps.PRESETS) == {"token-identity", "logit-lens", "description", "selfie", "self-explanation"}
     assert ps.get_preset("logit-lens") is ps.LOGIT_LENS
     assert ps.get_preset(ps.TOKEN_IDENTITY) is ps.TOKEN_IDENTITY
     with pytest.raises(PatchscopesError, match="unknown scope 'tuned-lens'") as info:
@@ -150,3 +150,35 @@ def test_sweep_with_description_generates(tiny_llama):
     assert set(frame.scope) == {"description"}
     assert frame.generated_text.map(lambda t: isinstance(t, str)).all()
     assert frame.generated_token_ids.map(lambda ids: len(ids) <= 4).all()
+
+
+def test_self_explanation_prompt_in_the_chat_template(smollm2):
+    """SmolLM2 has a chat template: the question is the user's turn, the reply opens the assistant's, and the
+    positions are the two X tokens."""
+    ids, positions = ps.self_explanation_prompt(smollm2)
+    text = smollm2.decode(ids)
+    assert "<|im_start|>user" in text and text.endswith('The meaning of the word "X" is "')
+    assert len(positions) == 2
+    assert smollm2.token_strings([ids[p] for p in positions]) == ["X", "X"]
+
+
+def test_self_explanation_prompt_in_plain_text(tiny_llama):
+    """A tokenizer without a chat template gets the plain question-and-answer form."""
+    assert not getattr(tiny_llama.tokenizer, "chat_template", None)
+    ids, positions = ps.self_explanation_prompt(tiny_llama)
+    text = tiny_llama.decode(ids)
+    assert text.startswith("Question: What is the meaning") and "\nAnswer: The meaning" in text
+    assert [text.count("X")] == [2] and len(positions) == 2
+    with pytest.raises(PatchscopesError, match="no placeholder 'Y'"):
+        ps.self_explanation_prompt(tiny_llama, placeholder="Y")
+
+
+def test_sweep_takes_preset_and_0_2s_scope_keyword(tiny_llama):
+    """``preset`` names the preset (a scope is a Patchscope); ``scope=`` still works, with a warning."""
+    new = ps.sweep(tiny_llama, "Paris is nice", preset="logit-lens", layers="0", positions="-1")
+    with pytest.warns(DeprecationWarning, match="preset="):
+        old = ps.sweep(tiny_llama, "Paris is nice", scope="logit-lens", layers="0", positions="-1")
+    assert new.equals(old) and new["scope"].tolist() == ["logit-lens"]
+    with pytest.warns(DeprecationWarning):
+        planned = ps.plan_sweep(tiny_llama, "Paris is nice", scope="logit-lens", layers="0", positions="-1")
+    assert planned == ps.plan_sweep(tiny_llama, "Paris is nice", "logit-lens", layers="0", positions="-1")

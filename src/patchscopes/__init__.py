@@ -29,6 +29,7 @@ from patchscopes.experiments.multihop import evaluate_multihop, multihop_samples
 from patchscopes.experiments.next_token import evaluate_next_token, next_token_samples
 from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.experiments.scoring import SentenceEmbedder, rouge_scores, score_descriptions
+from patchscopes.experiments.vectors import describe_vectors, vectors_html
 from patchscopes.lenses import (
     CrossModelMap,
     FutureLens,
@@ -43,7 +44,7 @@ from patchscopes.lenses import (
     fit_lre,
     train_tuned_lens,
 )
-from patchscopes.mappings import Affine, FunctionMapping, Identity, Mapping
+from patchscopes.mappings import Affine, FunctionMapping, Identity, StateMap
 from patchscopes.models import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
@@ -63,11 +64,13 @@ from patchscopes.presets import (
     ENTITY_DESCRIPTION_PROMPT,
     LOGIT_LENS,
     PRESETS,
+    SELF_EXPLANATION,
     SELFIE,
     TOKEN_IDENTITY,
     TOKEN_IDENTITY_PROMPT,
     Preset,
     get_preset,
+    self_explanation_prompt,
     selfie_prompt,
 )
 from patchscopes.results import PatchResult, Readings, load_results, results_to_frame, save_results
@@ -87,6 +90,7 @@ from patchscopes.scope import (
 from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.specs import parse_spec
 from patchscopes.sweep import plan_sweep, sweep
+from patchscopes.vectors import SAE, contrast_vector, load_sae, load_vectors
 
 __version__ = "0.1.0"
 
@@ -97,7 +101,9 @@ __all__ = [
     "ENTITY_DESCRIPTION_PROMPT",
     "LOGIT_LENS",
     "PRESETS",
+    "SAE",
     "SELFIE",
+    "SELF_EXPLANATION",
     "TOKEN_IDENTITY",
     "TOKEN_IDENTITY_PROMPT",
     "Affine",
@@ -123,7 +129,6 @@ __all__ = [
     "Lens",
     "LinearRelation",
     "LocalExecutor",
-    "Mapping",
     "ModelSpec",
     "NextToken",
     "PatchResult",
@@ -138,6 +143,7 @@ __all__ = [
     "SentenceEmbedder",
     "SoftPrompt",
     "Source",
+    "StateMap",
     "Target",
     "TunedLensSettings",
     "TwoHopQuery",
@@ -148,8 +154,10 @@ __all__ = [
     "build_queries",
     "cache_dir",
     "causal_trace",
+    "contrast_vector",
     "cross_model_samples",
     "describe_entities",
+    "describe_vectors",
     "discover_architecture",
     "embedded_status",
     "evaluate_attributes",
@@ -171,6 +179,8 @@ __all__ = [
     "load_relation",
     "load_relations",
     "load_results",
+    "load_sae",
+    "load_vectors",
     "mentions",
     "multihop_samples",
     "next_token_samples",
@@ -186,6 +196,7 @@ __all__ = [
     "save_results",
     "score_descriptions",
     "select_entities",
+    "self_explanation_prompt",
     "selfie_prompt",
     "show",
     "split_documents",
@@ -194,7 +205,22 @@ __all__ = [
     "summarize_multihop",
     "sweep",
     "train_tuned_lens",
+    "vectors_html",
 ]
+
+
+DEPRECATED = {"Mapping": "StateMap"}
+"""0.2's public names that now have another (``{old: new}``); the old ones import with a warning."""
+
+
+def __getattr__(name: str):
+    if name in DEPRECATED:
+        import warnings
+
+        new = DEPRECATED[name]
+        warnings.warn(f"patchscopes.{name} is deprecated: use patchscopes.{new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -2,7 +2,7 @@
 
 A :class:`Preset` builds the target of a patch from its source: the target prompt, position and layer
 (``"same"`` as the source's, ``"last"``, or a number) and the readout, and a one-line ``description``. The
-four presets:
+five presets:
 
 - :data:`LOGIT_LENS`: l* = L-1 at the source's own position, read through the final norm and unembedding.
 - :data:`TOKEN_IDENTITY`: the few-shot identity prompt of the paper's code, patched at its last position,
@@ -13,10 +13,14 @@ four presets:
   Sure, I will summarize the message:" (in the model's chat template where it has one), h written at each of
   the five placeholders at a fixed layer, greedy generation, and the relevancy score of every generated
   token (:mod:`patchscopes.engine.relevancy`).
+- :data:`SELF_EXPLANATION`: self-explanation (Kharlapenko, Nanda, Conmy et al. 2024): 'What is the meaning of
+  the word "X"?' answered 'The meaning of the word "X" is "' (in the chat template where the model has one), h
+  written at each X at l* = l, generation. :func:`patchscopes.describe_vectors` writes directions there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -215,11 +219,57 @@ SELFIE = Preset(
     "message:” at l* = 0; the model summarizes it, each token with its relevancy.",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION, SELFIE)}
+SELF_EXPLANATION_QUESTION = 'What is the meaning of the word "X"?'
+SELF_EXPLANATION_REPLY = 'The meaning of the word "X" is "'
+
+
+def self_explanation_prompt(model: LanguageModel, question: str = SELF_EXPLANATION_QUESTION,
+                            reply: str = SELF_EXPLANATION_REPLY,
+                            placeholder: str = "X") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The self-explanation prompt of Kharlapenko, Nanda, Conmy et al. (2024, "Self-explaining SAE features")
+    for ``model``: token ids and the positions of the placeholder's tokens (every occurrence).
+
+    The user asks ``question`` and the assistant's turn starts with ``reply``, in the model's chat template where
+    its tokenizer has one, else as plain text ``"Question: ...\nAnswer: ..."``. The vector goes to each
+    placeholder ``"X"``, and the model's continuation of the open quote is its explanation.
+    """
+    tokenizer = model.tokenizer
+    before, after = "Question: ", "\nAnswer: "
+    if getattr(tokenizer, "chat_template", None):
+        mark = "\x00QUESTION\x00"
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # a template that cannot render a plain user turn: the plain form
+            text = None
+        if isinstance(text, str) and mark in text:
+            before, after = text.split(mark)
+            bos = getattr(tokenizer, "bos_token", None)
+            if bos and before.startswith(bos) and model.encode("")[:1] == [tokenizer.bos_token_id]:
+                before = before[len(bos):]  # encode() adds it again
+    text = before + question + after + reply
+    ids = model.encode(text)
+    ends = [m.end() for m in re.finditer(r"(?<!\w)" + re.escape(placeholder) + r"(?!\w)", text)]
+    if not ends:
+        raise PatchscopesError(f"the self-explanation prompt has no placeholder {placeholder!r}",
+                               hint="put the placeholder in the question or the reply")
+    positions = sorted({model.token_at_char(text, ids, end - 1) for end in ends})
+    return tuple(ids), tuple(positions)
+
+
+SELF_EXPLANATION = Preset(
+    "self-explanation", None, None, "same", Generate(max_new_tokens=16), prompt_builder=self_explanation_prompt,
+    description='h is written at each X of “What is the meaning of the word "X"? … "X" means "” (chat template '
+    "where the model has one) at l* = l; the model explains it.",
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (LOGIT_LENS, TOKEN_IDENTITY, ENTITY_DESCRIPTION, SELFIE,
+                                                  SELF_EXPLANATION)}
 
 
 def get_preset(name: str | Preset) -> Preset:
-    """A preset by name (``logit-lens``, ``token-identity``, ``description``, ``selfie``) or the preset itself."""
+    """A preset by name (``logit-lens``, ``token-identity``, ``description``, ``selfie``, ``self-explanation``)
+    or the preset itself."""
     if isinstance(name, Preset):
         return name
     if name not in PRESETS:

@@ -15,5 +15,6 @@ from patchscopes.cli import eval_multihop_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import future_cmd, lre_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import serve_cmd  # noqa: F401  isort: skip
 from patchscopes.cli import knockout_cmd, trace_cmd  # noqa: F401  isort: skip
+from patchscopes.cli import vectors_cmd  # noqa: F401  isort: skip
 
 __all__ = ["app", "eval_app", "main"]

@@ -11,7 +11,10 @@ Prior methods as patchscopes: :mod:`~patchscopes.experiments.causal_tracing` (RO
 :mod:`~patchscopes.experiments.originals`, the original procedures written plainly, which the tests hold them
 equal to.
 
-Imports: lenses, data, the root framework, the engine and models; never the CLI.
+Directions as patchscopes: :mod:`~patchscopes.experiments.vectors` (:func:`describe_vectors`: SAE features,
+steering vectors and probe directions in words, the scale chosen by self-similarity and entropy).
+
+Imports: vectors, lenses, data, the root framework, the engine and models; never the CLI.
 """
 
 from patchscopes.experiments.attention_knockout import KnockoutResult, attention_knockout
@@ -53,6 +56,7 @@ from patchscopes.experiments.next_token import (
     sample_positions,
     summarize_next_token,
 )
+from patchscopes.experiments.vectors import choose_scales, describe_vectors, selection_signals, vectors_html
 
 __all__ = [
     "NEXT_TOKEN_METHODS",
@@ -62,6 +66,7 @@ __all__ = [
     "attention_knockout",
     "attributes_figure",
     "causal_trace",
+    "choose_scales",
     "clean_description",
     "cross_model_descriptions",
     "cross_model_figure",
@@ -69,6 +74,7 @@ __all__ = [
     "default_target_layers",
     "demo_prompt",
     "describe_entities",
+    "describe_vectors",
     "description_figure",
     "description_samples",
     "evaluate_attributes",
@@ -80,10 +86,12 @@ __all__ = [
     "next_token_samples",
     "random_demo_words",
     "sample_positions",
+    "selection_signals",
     "subject_states",
     "summarize_cross_descriptions",
     "summarize_cross_model",
     "summarize_descriptions",
     "summarize_multihop",
     "summarize_next_token",
+    "vectors_html",
 ]
