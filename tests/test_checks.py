@@ -103,7 +103,7 @@ def test_read_safetensors_refuses_non_finite_tensors(tmp_path):
 def test_a_mapping_file_with_nan_is_refused(tmp_path):
     path = tmp_path / "map.safetensors"
     ps.Affine(_nan(4, 4), torch.zeros(4)).save(path)
-    with pytest.raises(PatchscopesError, match="the mapping .*map.safetensors: the tensor 'weight' holds"):
+    with pytest.raises(PatchscopesError, match=r"the mapping .*map\.safetensors: the tensor 'weight' holds"):
         ps.Affine.load(path)
     ps.Affine(torch.eye(4), torch.full((4,), math.inf)).save(path)
     with pytest.raises(PatchscopesError, match="the tensor 'bias' holds 4 NaN or infinite values"):
@@ -113,11 +113,11 @@ def test_a_mapping_file_with_nan_is_refused(tmp_path):
 def test_a_lens_with_nan_weights_is_refused(tmp_path):
     lens = ps.Lens("tuned", {0: ps.Affine(_nan(8, 8), torch.zeros(8))}, {"model": {"name": "x"}})
     folder = lens.save(tmp_path / "lens")
-    with pytest.raises(PatchscopesError, match="lens.safetensors: the tensor 'layer.0.weight' holds 1 NaN"):
+    with pytest.raises(PatchscopesError, match=r"lens\.safetensors: the tensor 'layer\.0\.weight' holds 1 NaN"):
         ps.Lens.load(folder)
 
 
 def test_a_soft_prompt_with_nan_is_refused(tmp_path):
     path = ps.SoftPrompt(_nan(2, 8), "a", "b").save(tmp_path / "soft.safetensors")
-    with pytest.raises(PatchscopesError, match="the soft prompt .*soft.safetensors: the tensor 'vectors'"):
+    with pytest.raises(PatchscopesError, match=r"the soft prompt .*soft\.safetensors: the tensor 'vectors'"):
         ps.SoftPrompt.load(path)

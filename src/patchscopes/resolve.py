@@ -11,6 +11,7 @@ import torch
 from patchscopes.engine import AnswerProbs, Generate, Job, NextToken, Readings
 from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise, Read, SoftInput
 from patchscopes.engine.interventions import Write as EngineWrite
+from patchscopes.engine.readouts import check_integer
 from patchscopes.errors import PatchscopesError
 from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
@@ -123,6 +124,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
                     "so the patch cannot change it",
                     hint="read at or after the patched position (the default reads the last token)",
                 )
+            check_integer(readout.top_k, "top_k")
             if readout.top_k < 1:
                 raise PatchscopesError(f"top_k must be at least 1, got {readout.top_k}")
             if readout.top_k > tgt_model.vocab_size:

@@ -229,7 +229,8 @@ def _range_error(part: _Range, spec: Spec, size: int, what: str, why: str) -> Pa
                                 hint=_valid_hint(size, what))
     return PatchscopesError(
         f"the {what} range {part.text!r}{within} {why}: there are {size} {what}s, 0..{size - 1}",
-        hint=f"use a range inside 0:{size} (':' or '5:' reach to the end), or -{size}: counted from the end",
+        hint=f"use a range inside 0:{size} (an open end, as in '0:' or ':', reaches the last {what}), or counted "
+             f"from the end, as in '-{size}:'",
     )
 
 

@@ -19,11 +19,12 @@ from rich.text import Text
 from patchscopes.cli import options as opt
 from patchscopes.cli.app import app, console, wrote
 from patchscopes.engine import BatchBudget
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import cell_probability, cell_text, grid, heatmap, readout_legend, save_figure
 from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results
+from patchscopes.specs import check_spec
 from patchscopes.sweep import sweep
 
 
@@ -46,8 +47,8 @@ def inspect_command(
     ] = None,
     layers: opt.layers_option(f"Source layers l: {opt.SPEC_HELP}.") = "all",
     positions: Annotated[
-        str, typer.Option("--positions", "-p", metavar="SPEC", help="Source token positions i (a SPEC as for "
-                          "--layers).")
+        str, typer.Option("--positions", "-p", metavar="SPEC", help="Source token positions i: a SPEC as for "
+                          "--layers, or words of PROMPT (Eiffel, or Eiffel,Tower: the last token of each).")
     ] = "all",
     target_layer: opt.layers_option("Target layers l* (a SPEC); several give rows l→l*.  [default: the preset's: "
                                 "l* = l, or the last layer for logit-lens]", "--target-layer", optional=True) = None,
@@ -101,6 +102,13 @@ def inspect_command(
     # Check everything that does not need the model before loading it.
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='give a source prompt, e.g. "The Eiffel Tower is in Paris"')
+    check_text(prompt, "prompt")
+    if target_prompt is not None:
+        check_text(target_prompt, "target prompt")
+    check_spec(layers, what="layer")  # the syntax now; the range once the model's size is known
+    if target_layer is not None:
+        check_spec(target_layer, what="target layer")
+    source_positions = opt.position_spec(positions, prompt)
     get_preset(scope).with_options(target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens)
     _check_suffix(json_path, "--json", (".json",))
     _check_suffix(csv_path, "--csv", (".csv",))
@@ -112,7 +120,7 @@ def inspect_command(
     store = runs.open("inspect", arguments, runtime, [lm])
     try:
         frame = sweep(
-            lm, prompt, scope, layers=layers, positions=positions, target_layers=target_layer,
+            lm, prompt, scope, layers=layers, positions=source_positions, target_layers=target_layer,
             target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens, baseline=baseline,
             engine=runtime.engine, progress=True, budget=budget, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
         )

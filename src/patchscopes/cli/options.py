@@ -25,6 +25,7 @@ from patchscopes.engine import check_engine
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
 from patchscopes.runs import Executor, RayExecutor, RunDir, settings_of
+from patchscopes.specs import check_spec, looks_numeric
 
 PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
@@ -133,6 +134,35 @@ def parse_methods(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+def position_spec(value: str, prompt: str, option: str = "--positions") -> str | list[str]:
+    """A ``--positions`` value: a SPEC (its syntax checked here, its range once the prompt is tokenized), or
+    words of ``prompt``, comma-separated (``Eiffel``, ``Eiffel,Tower``: the last token of each one's last
+    occurrence, as ``Source(position="Eiffel")``). A value made of digits, signs and colons is always a SPEC, so
+    that a typo in one (``0-5``) is reported as such, before the model loads.
+
+    Raises:
+        PatchscopesError: A malformed SPEC, a word that is not in the prompt, or words mixed with numbers.
+    """
+    try:
+        check_spec(value, what="position")
+        return value
+    except PatchscopesError as err:
+        parts = [part for part in value.split(",") if part.strip()]
+        numeric = [part for part in parts if looks_numeric(part)]
+        if not parts or len(numeric) == len(parts):
+            raise
+        if numeric:
+            raise PatchscopesError(f"{option} {value!r} mixes numbers and words of the prompt",
+                                   hint=f"give either a SPEC (e.g. {option} -3:) or words (e.g. {option} "
+                                        f"{parts[0] if parts[0] not in numeric else 'Eiffel'})") from None
+        missing = [part for part in parts if part not in prompt]
+        if missing:
+            raise PatchscopesError(
+                f"{option} {value!r}: {missing[0]!r} is neither a position SPEC nor a word of the prompt {prompt!r}",
+                hint=f"{err.hint}; or give words of the prompt, e.g. {option} {prompt.split()[0]!r}") from None
+        return parts
 
 
 def check_choice(value: str, choices: Sequence[str], option: str) -> None:

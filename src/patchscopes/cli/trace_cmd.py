@@ -16,14 +16,17 @@ from rich.text import Text
 
 from patchscopes.cli import options as opt
 from patchscopes.cli.app import app, console, write_json, wrote
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.experiments.causal_tracing import KINDS, NOISE_KINDS, TOKEN_RANGES, causal_trace
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
 
 
 def check_subject(prompt: str, subject: str) -> None:
-    """Refuse an empty subject, or one that is not in the prompt, before the model loads."""
+    """Refuse an empty subject, or one that is not in the prompt, and text that is not valid Unicode (bytes that
+    are not UTF-8), before the model loads."""
+    check_text(prompt, "prompt")
+    check_text(subject, "subject")
     if not prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='e.g. "The Eiffel Tower is located in the city of"')
     if not subject.strip():

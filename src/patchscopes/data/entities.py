@@ -27,6 +27,7 @@ described but not scored.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -36,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from patchscopes.data.text import resolve_text_path
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, read_text_file
 
 ENTITY_KINDS = ("popqa", "popqa-questions", "wikides", "entities")
 SPLITS = ("extremes", "median", "random")
@@ -210,12 +211,13 @@ _SHAPES_HINT = ("give PopQA rows (a 'subj' column; TSV, CSV, JSON or JSON lines)
 
 def _read_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
+    text = read_text_file(path, "the entity file")
     try:
         if suffix in (".tsv", ".csv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                                keep_default_na=False)
             return frame.to_dict(orient="records")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise PatchscopesError(f"could not read the entity file {path}: {err}", hint=_SHAPES_HINT) from err
     if suffix not in (".json", ".jsonl"):
         raise PatchscopesError(f"unknown entity file type {path.suffix or '(none)'!r}: {path}",

@@ -21,6 +21,7 @@ Two file formats are read:
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from patchscopes.data.relation_types import Relation, RelationSample, SourceContext
 from patchscopes.data.target_prompts import PAPER_TARGET_PROMPTS, check_target_prompt
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, read_text_file
 
 # Names in the relation JSON files whose key (file stem) is not simply the name with underscores.
 _NAME_KEYS = {
@@ -120,10 +121,9 @@ def load_relation_json(path: str | Path) -> Relation:
 def _read_json(path: Path):
     if not path.is_file():
         raise PatchscopesError(f"no such relation file: {path}", hint="give relation .json or .tsv files or folders")
+    text = read_text_file(path, "the relation file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise _schema_error(path, f"not UTF-8 text ({err.reason})") from err
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise _schema_error(path, f"invalid JSON at line {err.lineno}: {err.msg}") from err
 
@@ -154,9 +154,10 @@ def load_relation_tsv(path: str | Path) -> Relation:
     path = Path(path)
     if not path.is_file():
         raise PatchscopesError(f"no such relation file: {path}", hint="give relation .json or .tsv files or folders")
+    text = read_text_file(path, "the relation file")
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise _schema_error(path, f"cannot read it as a TSV ({type(err).__name__}: {err})") from err
     missing = [c for c in ("subject", "object", "prompt_target") if c not in frame.columns]
     if missing:

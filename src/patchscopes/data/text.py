@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, read_text_file
 
 DATA_DIR_ENV = "PATCHSCOPES_DATA_DIR"
 DEFAULT_EVAL_FRACTION = 0.5
@@ -182,10 +182,7 @@ def read_documents(paths: str | Path | Sequence[str | Path]) -> Documents:
     seen: set[str] = set()
     for given in paths:
         path = resolve_text_path(given)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise PatchscopesError(f"could not read {path}: {err}", hint="give UTF-8 plain text files") from err
+        text = read_text_file(path, "the text file")
         docs, headings = parse_documents(text, path.name)
         out.files.append(str(path))
         out.headings += headings

@@ -7,6 +7,8 @@ as part of the paper's notation (:mod:`patchscopes.scope`).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -15,6 +17,18 @@ import torch
 from patchscopes.engine.unembedding import logits_of, top_k_logprobs
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
+
+
+def check_integer(value: object, name: str) -> None:
+    """Refuse a readout field that is not a whole number (bools and floats included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PatchscopesError(f"{name} must be a whole number, got {value!r}")
+
+
+def check_real(value: object, name: str) -> None:
+    """Refuse a readout field that is not a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise PatchscopesError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,13 @@ class Generate:
     relevancy: bool = False
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # the types first, so that the comparisons below cannot fail
+            if f.name in ("max_new_tokens", "top_k", "sample_top_k", "seed", "top_tokens"):
+                check_integer(getattr(self, f.name), f.name)
+            elif f.name in ("temperature", "top_p"):
+                check_real(getattr(self, f.name), f.name)
+        if not isinstance(self.stop, (str, list, tuple)):
+            raise PatchscopesError(f"stop must be a string or a list of strings, got {self.stop!r}")
         # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if not all(isinstance(s, str) for s in stop):

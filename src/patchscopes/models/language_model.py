@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.models.architectures import ArchitectureSpec, registered_architecture, resolve_architecture
 from patchscopes.models.discovery import discover_architecture
 from patchscopes.models.proof import FastPathSupport, prove_layout
@@ -112,8 +112,12 @@ class LanguageModel:
 
     # -- tokens -----------------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of ``prompt``, with the special tokens the tokenizer adds (positions index these)."""
-        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        """Token ids of ``prompt``, with the special tokens the tokenizer adds (positions index these).
+
+        Raises:
+            PatchscopesError: ``prompt`` is not valid Unicode text (:func:`~patchscopes.errors.check_text`).
+        """
+        return list(self.tokenizer(check_text(prompt), add_special_tokens=True)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """Each token decoded on its own (each id decoded once per model, then remembered: a sweep reads the
