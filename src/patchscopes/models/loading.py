@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import functools
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -12,7 +16,7 @@ from pathlib import Path
 import torch
 
 from patchscopes.errors import PatchscopesError
-from patchscopes.models.architectures import ArchitectureSpec
+from patchscopes.models.architectures import ArchitectureSpec, registered_architecture
 from patchscopes.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, converted_dir, is_converted, mark_converted
 from patchscopes.models.language_model import LanguageModel
 from patchscopes.models.proof import FastPathSupport
@@ -27,6 +31,56 @@ _DTYPES = {
 # Proofs of checkpoints loaded from disk in this process, by (folder, its modification time, device, dtype,
 # layout): loading the same weights again reuses the outcome instead of proving them again.
 _PROVEN: dict[tuple, FastPathSupport] = {}
+
+# Proofs of converted checkpoints (the cache folders of GGUF files) are also kept on disk, beside the weights:
+# a later process loading the same folder, on the same device and dtype, with the same torch, transformers and
+# patchscopes model code, reuses the outcome instead of running the proof's forwards again.
+PROOF_FILE = "patchscopes-proofs.json"
+
+
+@functools.cache
+def _code_version() -> str:
+    """What a stored proof depends on besides the weights: torch, transformers and this package's model code."""
+    import transformers
+
+    digest = hashlib.sha256(f"{torch.__version__}:{transformers.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stored_proof_key(hf_model, device: str) -> str:
+    layout = registered_architecture(hf_model)
+    return json.dumps([_code_version(), device, str(hf_model.dtype), type(hf_model).__name__,
+                       repr(layout) if layout is not None else "discovered"])
+
+
+def _read_stored_proof(folder: Path, key: str) -> FastPathSupport | None:
+    """The proof stored in ``folder`` under ``key``; ``None`` when there is none or the file is unreadable."""
+    try:
+        record = json.loads((folder / PROOF_FILE).read_text(encoding="utf-8")).get(key)
+        return FastPathSupport(**record) if isinstance(record, dict) else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _store_proof(folder: Path, key: str, proof: FastPathSupport) -> None:
+    """Add ``proof`` to the proofs stored in ``folder`` (atomically; a folder that cannot be written is skipped)."""
+    path = folder / PROOF_FILE
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+        records = records if isinstance(records, dict) else {}
+    except (OSError, ValueError):
+        records = {}
+    records[key] = dataclasses.asdict(proof)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=PROOF_FILE + ".", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(records, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -58,11 +112,11 @@ def _as_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype | Non
 
 def _convert_gguf(gguf_file: Path) -> Path:
     """Dequantize a GGUF file once and cache it as safetensors plus tokenizer files."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = converted_dir(gguf_file)
     if is_converted(target):
         return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
@@ -156,6 +210,11 @@ def load_model(
             checkpoint's own dtype.
         spec: An architecture description for a family patchscopes does not know.
 
+    The layout is proved on a few tokens at load (:mod:`~patchscopes.models.proof`). For an embedded model or a
+    ``.gguf`` file, the outcome is stored beside the converted weights (``patchscopes-proofs.json``), so a
+    later process on the same device and dtype, with the same torch, transformers and patchscopes model code,
+    skips the proof's forwards; delete that file to prove again.
+
     Returns:
         The model, in evaluation mode.
 
@@ -214,10 +273,17 @@ def load_model(
                 f"could not move the model to device {device!r}: {err}",
                 hint="use 'cpu', or a device this machine has (see torch.cuda.is_available())",
             ) from err
-    key = None
+    key = stored_key = None
     if isinstance(source, Path) and source.is_dir():
         key = (str(source.resolve()), (source / "config.json").stat().st_mtime_ns, device, str(hf_model.dtype), spec)
-    model = LanguageModel(hf_model, tokenizer, name=display, spec=spec, proof=_PROVEN.get(key))
+        if spec is None and device != "auto" and is_converted(source):
+            stored_key = _stored_proof_key(hf_model, device)
+    proof = _PROVEN.get(key)
+    if proof is None and stored_key is not None:
+        proof = _read_stored_proof(source, stored_key)
+    model = LanguageModel(hf_model, tokenizer, name=display, spec=spec, proof=proof)
     if key is not None:
         _PROVEN[key] = model.fast_path
+    if stored_key is not None and proof is None:
+        _store_proof(source, stored_key, model.fast_path)
     return model

@@ -139,10 +139,24 @@ def prove_layout(model: LanguageModel) -> FastPathSupport:
     Four small forwards: the plain run; one batch of the identity patch, a changed patch and a left-padded
     row; a prefix with its cache and its continuation on two rows.
 
+    On a CPU the proof runs on one thread: its forwards are a few tokens long, and several threads on a busy
+    CPU spin-wait for each other (the proof then takes tens of seconds instead of one or two).
+
     Raises:
         PatchscopesError: The logit lens at the last layer differs from the model's logits, the identity
             patch changes them, or a patch does not reach them (or reaches earlier positions).
     """
+    threads = torch.get_num_threads()
+    if model.device.type == "cpu" and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        return _prove(model)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _prove(model: LanguageModel) -> FastPathSupport:
     ids = _probe_ids(model)
     n, last, mid, at = len(ids), model.num_layers - 1, model.num_layers // 2, len(ids) // 2
     tol = _tolerance(model.dtype)
