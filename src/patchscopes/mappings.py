@@ -84,15 +84,11 @@ class Affine:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write the map as a safetensors file (``weight``, ``bias``, string metadata)."""
-        from safetensors.torch import save_file
+        """Write the map as a safetensors file (``weight``, ``bias``, string metadata), atomically."""
+        from patchscopes.storage import write_safetensors
 
         meta = {"name": self.name, **{k: str(v) for k, v in self.metadata.items()}}
-        save_file(
-            {"weight": self.weight.detach().contiguous().cpu(), "bias": self.bias.detach().contiguous().cpu()},
-            str(path),
-            metadata=meta,
-        )
+        write_safetensors(path, {"weight": self.weight.detach(), "bias": self.bias.detach()}, meta, "the map")
 
     @classmethod
     def load(cls, path: str | Path) -> Affine:

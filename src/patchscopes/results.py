@@ -16,6 +16,7 @@ import torch
 
 from patchscopes.engine.readouts import READING_FIELDS, Readings
 from patchscopes.errors import PatchscopesError
+from patchscopes.storage import write_output
 
 __all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results", "to_records"]
 
@@ -105,10 +106,20 @@ def results_to_frame(results: list[PatchResult]) -> pd.DataFrame:
 
 
 def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a results table to ``.json``, ``.csv`` or ``.parquet`` (by extension)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
+    """Write a results table to ``.json``, ``.csv`` or ``.parquet`` (by extension), atomically.
+
+    Raises:
+        PatchscopesError: An unknown extension, or a file that cannot be written.
+    """
+    final = Path(path)
+    suffix = final.suffix.lower()
+    if suffix not in (".json", ".csv", ".parquet", ".pq"):
+        raise PatchscopesError(f"unknown results format {final.suffix!r}", hint="use .json, .csv or .parquet")
+    return write_output(final, lambda tmp: _write_results(frame, tmp, suffix), "the results")
+
+
+def _write_results(frame: pd.DataFrame, path: Path, suffix: str) -> None:
+    """Write ``frame`` to ``path`` (a temporary file of :func:`save_results`) in the format of ``suffix``."""
     if suffix == ".json":
         path.write_text(json.dumps(to_records(frame), indent=1, ensure_ascii=False))
     elif suffix == ".csv":
@@ -121,7 +132,6 @@ def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
         frame.to_parquet(path, index=False)
     else:
         raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
-    return path
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

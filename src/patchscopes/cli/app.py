@@ -7,13 +7,15 @@ command is printed as one message, without a traceback, and the process exits wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +26,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.storage import all_or_nothing, write_output_text
 
 
 class Command(TyperCommand):
@@ -144,12 +147,28 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with all_or_nothing(), one_line_warnings():  # a failed command leaves none of its outputs
+                return fn(*args, **kwargs)
         except PatchscopesError as err:
             report(err)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show warnings (a corrupt shard redone, the reference engine taking over) as one ``warning:`` line each."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        err_console.print(Text.assemble(("warning: ", "bold yellow"), str(message)), highlight=False, soft_wrap=True)
+
+    shown = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def wrote(what: str, path: object) -> None:
@@ -163,7 +182,7 @@ def layer_list(layers) -> str:
 
 
 def write_json(data, path: Path) -> None:
-    """Write ``data`` as indented UTF-8 JSON; in a list of records, NaN values become null.
+    """Write ``data`` as indented UTF-8 JSON (atomically); in a list of records, NaN values become null.
 
     Raises:
         PatchscopesError: The file cannot be written.
@@ -174,11 +193,7 @@ def write_json(data, path: Path) -> None:
             else r
             for r in data
         ]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
+    write_output_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n", "the JSON")
 
 
 def main() -> None:

@@ -102,6 +102,7 @@ def fit_map_command(
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
     fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_map_path(source_model, target_model)
+    opt.check_output_paths(None, None, files={"--out": out})
     a = runtime.load(source_model)
     b = runtime.load(target_model)
     cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,

@@ -167,6 +167,7 @@ def attributes_command(
     opt.check_output_paths(json_path, plot)
     if details is not None and details.suffix.lower() not in (".json", ".csv", ".parquet", ".pq"):
         raise PatchscopesError(f"--details {details}: the file name must end in .json, .csv or .parquet")
+    opt.check_output_paths(None, None, files={"--details": details})
     kinds = [k.strip() for k in contexts.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in CONTEXT_KINDS]
     if unknown or not kinds:

@@ -22,11 +22,11 @@ from patchscopes.cli import options as opt
 from patchscopes.cli.app import console, eval_app, wrote
 from patchscopes.cli.lens_cmd import eval_documents
 from patchscopes.data.text import DEFAULT_EVAL_FRACTION
-from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.next_token import NEXT_TOKEN_METHODS, evaluate_next_token, next_token_figure
 from patchscopes.lenses import Lens
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
+from patchscopes.storage import write_output_text
 
 
 @eval_app.command("next-token", short_help="Exp. 1: next-token prediction from every layer.")
@@ -109,11 +109,7 @@ def write_records(summary: pd.DataFrame, path: Path, extra: dict) -> None:
     for rec in summary.to_dict(orient="records"):
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
         records.append({**clean, **extra, "samples": summary.attrs.get("samples")})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(records, indent=1) + "\n")
-    except OSError as err:
-        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
+    write_output_text(path, json.dumps(records, indent=1) + "\n", "the JSON")
 
 
 def results_table(summary: pd.DataFrame, *, title: str | None = None) -> Table:

@@ -99,6 +99,7 @@ def fit_future_lens_command(
     settings = PromptSettings(prompt_length=prompt_length, steps=max(steps, 1), batch_size=batch_size, lr=lr,
                               seed=seed)
     fit_docs, split = fit_documents(text, eval_fraction)
+    opt.check_output_paths(None, None, folders={"--out": out})
     lm = runtime.load(model)
     layer_ids = parse_spec(layers, lm.num_layers, what="layer")
     store = runs.open("fit-future-lens", arguments, runtime, [lm])

@@ -113,6 +113,7 @@ def inspect_command(
     _check_suffix(json_path, "--json", (".json",))
     _check_suffix(csv_path, "--csv", (".csv",))
     _check_suffix(html_path, "--html", (".html", ".htm"))
+    opt.check_output_paths(json_path, None, files={"--csv": csv_path, "--html": html_path})
 
     lm = runtime.load(model)
     budget = None if batch_rows is None and batch_tokens is None else BatchBudget(

@@ -89,6 +89,7 @@ def fit_lens_command(
                                      samples=samples or TunedLensSettings.samples, max_tokens=max_tokens, seed=seed)
     fit_docs, split = fit_documents(text, eval_fraction)
     out = out or default_lens_dir(model, kind)
+    opt.check_output_paths(None, None, folders={"--out": out}, files={"--checkpoint": checkpoint})
     lm = runtime.load(model)
     store = runs.open("fit-lens", arguments, runtime, [lm])
     if kind == "affine":

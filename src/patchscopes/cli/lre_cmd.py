@@ -68,7 +68,7 @@ def fit_lre_command(
     arguments = {**locals(), "lre_examples": examples}  # (--examples is a setting here, not an output)
     if out.suffix.lower() != ".safetensors":
         raise PatchscopesError(f"--out {out}: the file name must end in .safetensors")
-    opt.check_output_paths(json_path, None)
+    opt.check_output_paths(json_path, None, files={"--out": out})
     if beta is not None and not beta > 0:
         raise PatchscopesError(f"--beta must be positive, got {beta}")
     rel = load_relation(relation)

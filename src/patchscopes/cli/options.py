@@ -26,6 +26,7 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
 from patchscopes.runs import Executor, RayExecutor, RunDir, settings_of
 from patchscopes.specs import check_spec, looks_numeric
+from patchscopes.storage import check_writable
 
 PLOT_SUFFIXES = (".html", ".htm", ".png", ".svg", ".pdf")
 
@@ -171,8 +172,28 @@ def check_choice(value: str, choices: Sequence[str], option: str) -> None:
         raise PatchscopesError(f"unknown {option} {value!r}", hint=f"use one of {', '.join(choices)}")
 
 
-def check_output_paths(json_path: Path | None, plot: Path | None) -> None:
-    """Refuse output names with the wrong extension, and images without kaleido, before anything runs."""
+def check_output_paths(json_path: Path | None, plot: Path | None, *, files: dict[str, Path | None] | None = None,
+                       folders: dict[str, Path | None] | None = None) -> None:
+    """Refuse, before anything runs, output names with the wrong extension, images without kaleido, and any
+    output that cannot be written (:func:`~patchscopes.storage.check_writable`: a folder it may not write in, a
+    parent path that is a file).
+
+    Args:
+        json_path: ``--json``.
+        plot: ``--plot``.
+        files: The command's other output files, by option (``{"--csv": path}``).
+        folders: Its output folders, by option (``{"--out": folder}``).
+    """
+    _check_suffixes(json_path, plot)
+    for option, path in {"--json": json_path, "--plot": plot, **(files or {})}.items():
+        if path is not None:
+            check_writable(path, option)
+    for option, path in (folders or {}).items():
+        if path is not None:
+            check_writable(path, option, folder=True)
+
+
+def _check_suffixes(json_path: Path | None, plot: Path | None) -> None:
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise PatchscopesError(f"--json {json_path}: the file name must end in .json")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
@@ -311,10 +332,12 @@ class Runs:
     _executor: RayExecutor | None = field(default=None, init=False, repr=False)
 
     def check(self) -> None:
-        """Refuse workers without Ray installed, before anything loads."""
+        """Refuse workers without Ray installed, and a --run-dir that cannot be written, before anything loads."""
         if (self.workers or self.ray_address) and importlib.util.find_spec("ray") is None:
             raise PatchscopesError("--workers and --ray-address need Ray, which is not installed",
                                    hint="pip install 'patchscopes[ray]'")
+        if self.run_dir is not None:
+            check_writable(self.run_dir, "--run-dir", folder=True)
 
     def open(self, command: str, arguments: dict, runtime: Runtime, models: Sequence[LanguageModel],
              data: object = None) -> RunDir | None:

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.storage import write_output
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".svg", ".pdf")
@@ -300,15 +301,9 @@ def save_figure(fig, path: str | Path) -> Path:
             f"saving {suffix} images needs the kaleido package, which is not installed",
             hint="save as .html instead (interactive, works offline), or install it with: pip install kaleido",
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if suffix in (".html", ".htm"):
-            fig.write_html(path, include_plotlyjs=True, full_html=True)
-        else:
-            fig.write_image(path)
-    except OSError as err:
-        raise PatchscopesError(f"could not write {path}: {err.strerror or err}") from err
-    return path
+    if suffix in (".html", ".htm"):
+        return write_output(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True), "the figure")
+    return write_output(path, lambda tmp: fig.write_image(tmp, format=suffix[1:]), "the figure")
 
 
 def _hover(rec: dict[str, Any], row_label: str, col_label: str) -> str:

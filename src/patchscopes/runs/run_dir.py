@@ -35,7 +35,7 @@ from safetensors.torch import load, load_file, save, save_file
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.runs.fingerprint import canonical, fingerprint, model_fingerprint
-from patchscopes.storage import atomic_write, write_text_atomic
+from patchscopes.storage import atomic_write, check_writable, write_text_atomic
 
 T = TypeVar("T")
 
@@ -81,8 +81,8 @@ class RunDir:
             data: The inputs (texts, relations, paths of data files...); only their fingerprint is kept.
 
         Raises:
-            PatchscopesError: The folder holds a run of another command, settings, model or data, or is not a
-                run directory.
+            PatchscopesError: The folder holds a run of another command, settings, model or data, is not a
+                run directory, or cannot be created or written.
         """
         path = Path(path)
         manifest = {
@@ -110,7 +110,12 @@ class RunDir:
             raise PatchscopesError(f"{path} exists and is not a run directory (it has no {MANIFEST_FILE})",
                                    hint="give a new or empty folder as --run-dir")
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_text_atomic(file, json.dumps(manifest, indent=1, ensure_ascii=False))
+        check_writable(path, "the run directory", folder=True)
+        try:
+            write_text_atomic(file, json.dumps(manifest, indent=1, ensure_ascii=False))
+        except OSError as err:
+            raise PatchscopesError(f"could not create the run directory {path}: {err.strerror or err}",
+                                   hint="give a --run-dir in a folder you can write in") from err
         return cls(path, manifest)
 
     # -- shards ------------------------------------------------------------------------------------------------
