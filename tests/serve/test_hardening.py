@@ -73,6 +73,7 @@ BAD = [
     ("an unknown engine", QUERIES, raw({"prompt": PROMPT, "engine": "fast"}), JSON, 422),
     ("a body over the limit", QUERIES, OVERSIZED, JSON, 413),
     ("a chunked body over the limit", QUERIES, lambda: chunked(OVERSIZED), JSON, 413),
+    ("a Content-Length over the limit", QUERIES, b"{}", {**JSON, "content-length": str(1 << 30)}, 413),  # not read
     ("a Content-Length that is no number", QUERIES, b"", {**JSON, "content-length": "abc"}, 400),
     ("describe a huge layer", ["/api/describe"], raw({"prompt": PROMPT, "layer": 10**30, "position": 0}), JSON, 400),
     ("describe a lone surrogate", ["/api/describe"], raw({"prompt": "\ud800", "layer": 0, "position": 0}), JSON, 400),
