@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import patchscopes as ps
 from patchscopes.cli import app
+from patchscopes.runs import RunOptions
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -52,7 +53,8 @@ def test_trace_rome_options_reach_causal_trace(tiny_dir, tmp_path):
     assert (first["noise_kind"], first["replace"], first["token_range"], first["seed"], first["noise_scale"],
             first["noise_samples"]) == ("uniform", True, "subject_last", 3, 0.5, 2)
     expected = ps.causal_trace(ps.load_model(tiny_dir), PROMPT, SUBJECT, noise_samples=2, noise_scale=0.5, seed=3,
-                               noise_kind="uniform", replace=True, token_range="subject_last", engine="reference")
+                               noise_kind="uniform", replace=True, token_range="subject_last",
+                               options=RunOptions(engine="reference"))
     assert first["answer_id"] == expected.answer_id
     assert first["p_corrupted"] == pytest.approx(expected.p_corrupted, abs=1e-5)
     np.testing.assert_allclose([r["p_restored"] for r in records], expected.p_restored[0], atol=1e-5)

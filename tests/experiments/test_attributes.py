@@ -27,6 +27,7 @@ from patchscopes.experiments.attributes import (
     evaluate_attributes,
     subject_states,
 )
+from patchscopes.runs import RunOptions
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -105,7 +106,7 @@ def test_experiment_equals_a_per_sample_reference_computation(tiny_llama):
 def test_reference_engine_gives_the_same_results(tiny_gpt2):
     options = dict(source_layers="1", target_layers="0,2", max_samples=3, fact_filter=False, max_new_tokens=3)
     batched = evaluate_attributes(tiny_gpt2, [toy_relation()], **options)
-    reference = evaluate_attributes(tiny_gpt2, [toy_relation()], engine="reference", **options)
+    reference = evaluate_attributes(tiny_gpt2, [toy_relation()], options=RunOptions(engine="reference"), **options)
     assert batched.patchscope["generated_text"].tolist() == reference.patchscope["generated_text"].tolist()
 
 

@@ -8,6 +8,7 @@ import pytest
 import patchscopes as ps
 from patchscopes.experiments.causal_tracing import causal_trace, noise_tensor, window_layers
 from patchscopes.experiments.originals import rome_causal_trace, rome_noise
+from patchscopes.runs import RunOptions
 from patchscopes.scope import token_span
 
 TINY_PROMPT, TINY_SUBJECT = "Ann is in Rome", "Ann"
@@ -23,7 +24,7 @@ def _compare(model, prompt, subject, kind, samples, window=2, atol=1e-5, engine=
     noise = noise_tensor(model, len(span), samples, scale=0.7, seed=1, kind=noise_kind)
     ours = causal_trace(model, prompt, subject, kind=kind, window=window, noise_samples=samples,
                         noise_scale=0.7, seed=1, noise_kind=noise_kind, replace=replace, token_range=token_range,
-                        engine=engine, **({} if draw else {"noise": noise}))
+                        options=RunOptions(engine=engine), **({} if draw else {"noise": noise}))
     p_clean, p_corrupted, table = rome_causal_trace(
         model, ids, (span[0], span[-1] + 1), ours.answer_id, noise, None if kind == "state" else kind, window,
         replace=replace, token_range=token_range)
@@ -54,7 +55,7 @@ def test_uniform_noise_equals_rome(tiny_llama, engine, kind):
                     draw=True)
     assert ours.noise_kind == "uniform" and ours.seed == 1 and ours.noise_scale == 0.7
     _differs(ours, causal_trace(tiny_llama, TINY_PROMPT, TINY_SUBJECT, kind=kind, window=2, noise_samples=2,
-                                noise_scale=0.7, seed=1, engine=engine))
+                                noise_scale=0.7, seed=1, options=RunOptions(engine=engine)))
 
 
 def test_uniform_noise_tensor_is_uniform(tiny_llama):

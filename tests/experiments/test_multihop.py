@@ -22,6 +22,7 @@ from patchscopes.engine.generation import greedy_generate
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments import multihop as mh
 from patchscopes.resolve import resolve_jobs
+from patchscopes.runs import RunOptions
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -183,8 +184,8 @@ def test_batched_equals_reference(tiny_llama, direction):
     queries = build_queries([PRODUCTS, CEOS]).queries[::2]  # Alpha → Acme → Ann, Gamma → Zeta Corp. → Zed
     options = dict(queries=queries, hop_filter=False, direction=direction, source_layers="0,2", target_layers="1,2",
                    max_new_tokens=6, cot_tokens=4, control=True)
-    batched = mh.multihop_samples(tiny_llama, engine="batched", **options)
-    reference = mh.multihop_samples(tiny_llama, engine="reference", **options)
+    batched = mh.multihop_samples(tiny_llama, options=RunOptions(engine="batched"), **options)
+    reference = mh.multihop_samples(tiny_llama, options=RunOptions(engine="reference"), **options)
     n_control = batched.attrs["counts"]["control"]
     assert n_control == (2 if direction == "hop1-into-hop2" else 0)  # both queries share "The boss of"
     assert len(batched) == 2 * (2 + 4) + n_control * 4

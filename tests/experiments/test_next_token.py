@@ -25,6 +25,7 @@ from patchscopes.experiments.next_token import (
     summarize_next_token,
 )
 from patchscopes.lenses import fit_affine_lens
+from patchscopes.runs import RunOptions
 from patchscopes.testing import tiny_model
 
 TEXTS = [f"Paragraph {i}: a cat sat on the mat and looked at {i * 3} birds in the tree." for i in range(30)]
@@ -119,8 +120,9 @@ def test_last_layer_logit_lens_is_exact(samples_frame):
 
 
 def test_token_identity_matches_the_reference_engine(tiny_llama, samples_frame):
-    reference = next_token_samples(tiny_llama, TEXTS, samples=4, max_tokens=32, seed=1, engine="reference",
-                                   methods=["token-identity", "random-demos"], demo_sets=2)
+    reference = next_token_samples(tiny_llama, TEXTS, samples=4, max_tokens=32, seed=1,
+                                   options=RunOptions(engine="reference"), methods=["token-identity", "random-demos"],
+                                   demo_sets=2)
     batched = next_token_samples(tiny_llama, TEXTS, samples=4, max_tokens=32, seed=1,
                                  methods=["token-identity", "random-demos"], demo_sets=2)
     assert (reference.predicted_token_id.values == batched.predicted_token_id.values).all()

@@ -29,6 +29,7 @@ from patchscopes.lenses.future import (
     sample_future_positions,
     train_prompt,
 )
+from patchscopes.runs import RunOptions
 from patchscopes.testing import tiny_model
 
 runner = CliRunner()
@@ -136,7 +137,7 @@ def test_evaluation_records_engines_agree_and_fit_documents_are_left_out(tiny_ll
     assert {"method", "layer", "offset", "precision_at_1", "n"} <= set(results.records()[0])
     assert results.attrs["documents"] <= 20  # documents 5..9 were fitted on
     reference = evaluate_future(tiny_llama, DOCS[5:], lens=lens, samples=8, seed=2, methods=["fixed"],
-                                engine="reference")
+                                options=RunOptions(engine="reference"))
     fixed = summary[summary["method"] == "fixed"].reset_index(drop=True)
     assert list(fixed["precision_at_1"]) == list(reference.summary()["precision_at_1"])
     assert len(future_figure(results).data) == 3 * 2
@@ -196,7 +197,7 @@ def test_learned_method_through_the_engine_equals_the_training_forward(tiny_llam
     lens = fit_future_lens(tiny_llama, DOCS[:10], layers=[1], offsets=[0, 1, 2], samples=8,
                            prompt=PromptSettings(prompt_length=3, steps=3, batch_size=4))
     results = evaluate_future(tiny_llama, DOCS[10:], lens=lens, samples=6, methods=["learned"], top_k=1,
-                              engine=engine)
+                              options=RunOptions(engine=engine))
     data = sample_future_positions(tiny_llama, DOCS[10:], samples=6, max_offset=2, seed=1)
     sources, _ = future_states(tiny_llama, data, [1], 2)
     conts = torch.tensor([list(c) for c in data.continuations])

@@ -127,7 +127,7 @@ def test_load_refuses_another_model(tmp_path, tiny_llama, affine_lens, wide_llam
 def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
     lm = tiny_llama
     settings = TunedLensSettings(steps=8, batch_size=32, lr=3e-2, samples=300, max_tokens=48)
-    full = train_tuned_lens(lm, TEXTS[:12], settings=settings, progress=False)
+    full = train_tuned_lens(lm, TEXTS[:12], settings=settings)
     losses = full.config["training"]["losses"]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert full.kind == "tuned"
@@ -140,12 +140,12 @@ def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt, checkpoint_every=2, progress=False,
+        train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt, checkpoint_every=2,
                          on_step=interrupt)
     with safe_open(str(ckpt), framework="pt") as fh:  # safetensors, nothing pickled
         assert json.loads(fh.metadata()["checkpoint"])["step"] == 4
     steps_run = []
-    resumed = train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt, progress=False,
+    resumed = train_tuned_lens(lm, TEXTS[:12], settings=settings, checkpoint=ckpt,
                                on_step=lambda step, loss: steps_run.append(step))
     assert steps_run == [5, 6, 7, 8]
     assert resumed.config["training"]["losses"] == pytest.approx(losses, rel=1e-4)
@@ -154,7 +154,7 @@ def test_tuned_lens_loss_decreases_and_resumes(tmp_path, tiny_llama):
 
     other = TunedLensSettings(steps=8, batch_size=16, lr=3e-2, samples=300, max_tokens=48)
     with pytest.raises(PatchscopesError, match="other settings"):
-        train_tuned_lens(lm, TEXTS[:12], settings=other, checkpoint=ckpt, progress=False)
+        train_tuned_lens(lm, TEXTS[:12], settings=other, checkpoint=ckpt)
 
 
 def test_unreadable_checkpoint_says_what_to_do(tmp_path, tiny_llama):
@@ -162,7 +162,7 @@ def test_unreadable_checkpoint_says_what_to_do(tmp_path, tiny_llama):
     torch.save({"step": 3}, ckpt)  # a pickle, as earlier versions wrote: refused, never unpickled
     settings = TunedLensSettings(steps=2, batch_size=16, samples=100, max_tokens=32)
     with pytest.raises(PatchscopesError, match="could not read the checkpoint") as info:
-        train_tuned_lens(tiny_llama, TEXTS[:4], settings=settings, checkpoint=ckpt, progress=False)
+        train_tuned_lens(tiny_llama, TEXTS[:4], settings=settings, checkpoint=ckpt)
     assert "delete it" in info.value.hint
 
 

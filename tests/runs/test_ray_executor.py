@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 import patchscopes as ps
+from patchscopes.runs import RunOptions
 
 ray = pytest.importorskip("ray")
 
@@ -99,6 +100,8 @@ def test_an_experiment_on_ray_equals_one_process(tmp_path, saved_tiny, executor)
 
     docs = ["The quick brown fox jumps over the lazy dog. " * 3, "A stitch in time saves nine. " * 3]
     options = dict(samples=6, methods=["logit-lens", "token-identity"], max_tokens=24, batch_samples=3)
-    here = next_token_samples(saved_tiny, docs, run_dir=tmp_path / "here", **options)  # the same shards as on Ray
-    there = next_token_samples(saved_tiny, docs, executor=executor, run_dir=tmp_path / "there", **options)
+    # the same shards as on Ray
+    here = next_token_samples(saved_tiny, docs, options=RunOptions(run_dir=tmp_path / "here"), **options)
+    there = next_token_samples(saved_tiny, docs, options=RunOptions(executor=executor, run_dir=tmp_path / "there"),
+                               **options)
     assert there.equals(here)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import patchscopes as ps
-from patchscopes.runs import LocalExecutor, RunDir
+from patchscopes.runs import LocalExecutor, RunDir, RunOptions
 from patchscopes.storage import atomic_write
 
 PROMPTS = ["The cat sat on the mat", "Paris is in France"]
@@ -105,14 +105,15 @@ def test_an_experiment_resumes_from_its_run_dir(tmp_path, tiny_llama):
     docs = ["The quick brown fox jumps over the lazy dog. " * 3, "A stitch in time saves nine. " * 3]
     options = dict(samples=4, methods=["logit-lens", "token-identity"], max_tokens=24, batch_samples=2)
     plain = next_token_samples(tiny_llama, docs, **options)
-    kept = next_token_samples(tiny_llama, docs, run_dir=tmp_path / "run", **options)
+    kept = next_token_samples(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run"), **options)
     counter = CountingExecutor()
-    resumed = next_token_samples(tiny_llama, docs, run_dir=tmp_path / "run", executor=counter, **options)
+    resumed = next_token_samples(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run", executor=counter),
+                                 **options)
     assert counter.shards == 0
     for frame in (kept, resumed):
         assert frame.equals(plain)
     with pytest.raises(ps.PatchscopesError, match="other settings"):
-        next_token_samples(tiny_llama, docs, run_dir=tmp_path / "run", **{**options, "samples": 3})
+        next_token_samples(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run"), **{**options, "samples": 3})
 
 
 def test_an_affine_fit_resumes_from_its_saved_sums(tmp_path, tiny_llama, monkeypatch):
@@ -136,9 +137,9 @@ def test_an_affine_fit_resumes_from_its_saved_sums(tmp_path, tiny_llama, monkeyp
     monkeypatch.setattr(affine, "CHECKPOINT_SECONDS", 0.0)  # save after every batch
     monkeypatch.setattr(affine, "iter_hidden", killed_after(3))
     with pytest.raises(KeyboardInterrupt):
-        affine.fit_affine_lens(tiny_llama, docs, run_dir=tmp_path / "run", **options)
+        affine.fit_affine_lens(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run"), **options)
     monkeypatch.setattr(affine, "iter_hidden", killed_after(10**6))
-    resumed = affine.fit_affine_lens(tiny_llama, docs, run_dir=tmp_path / "run", **options)
+    resumed = affine.fit_affine_lens(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run"), **options)
     assert skipped == [0, 3]
     for layer in range(tiny_llama.num_layers):
         assert resumed.maps[layer].weight.equal(whole.maps[layer].weight)

@@ -106,8 +106,9 @@ def fit_map_command(
     a = runtime.load(source_model)
     b = runtime.load(target_model)
     cmap = fit_cross_model_map(a, b, fit_docs, layers=layers, target_layers=target_layers, samples=samples,
-                               ridge=ridge, max_tokens=max_tokens, seed=seed, progress=True,
-                               extra_config={"split": split}, run_dir=runs.open("fit-map", arguments, runtime, [a, b]))
+                               ridge=ridge, max_tokens=max_tokens, seed=seed,
+                               extra_config={"split": split},
+                               options=runtime.options(store=runs.open("fit-map", arguments, runtime, [a, b])))
     cmap.save(out)
     console.print(Text(map_summary(cmap)), soft_wrap=True)
     wrote("map", f"{out} ({cmap.config.get('seconds')} s)")
@@ -234,8 +235,7 @@ def cross_model_command(
     if eval_docs is not None:
         frame = cross_model_samples(a, b, cmap, eval_docs, samples=samples, seed=seed, layers=layers,
                                     target_layers=target_layers, methods=method_list, max_tokens=max_tokens,
-                                    engine=runtime.engine, progress=True, executor=runs.executor,  # type: ignore[arg-type]
-                                    run_dir=store)
+                                    options=runtime.options(runs, store))
         summary = summarize_cross_model(frame)
         attrs = frame.attrs
         console.print(next_token_table(summary, title=f"next-token Precision@1 · surprisal (nats): {a.name} read "
@@ -261,8 +261,8 @@ def cross_model_command(
         chosen = select_entities(found, entity_n, split=split, seed=seed)
         desc = cross_model_descriptions(
             a, b, cmap, chosen, layers=entity_layers or layers, target_layers=entity_target_layers or target_layers,
-            reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens, engine=runtime.engine,
-            progress=True, executor=runs.executor, run_dir=store,
+            reference=reference, sbert=not no_sbert, max_new_tokens=max_new_tokens,
+            options=runtime.options(runs, store),
         )
         entity_summary = summarize_cross_descriptions(desc)
         cross = entity_summary[entity_summary["method"] == "cross-model"]

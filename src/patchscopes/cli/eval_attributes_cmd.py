@@ -190,7 +190,7 @@ def attributes_command(
         max_samples=max_samples or None, probe_samples=probe_samples or None, contexts=kinds,
         corpus=list(documents) if documents is not None else None, contexts_per_subject=contexts_per_subject,
         max_new_tokens=max_new_tokens, fact_filter=fact_filter, folds=folds, probe_cv=probe_cv,  # type: ignore[arg-type]
-        seed=seed, engine=runtime.engine, progress=True, executor=runs.executor, run_dir=store,  # type: ignore[arg-type]
+        seed=seed, options=runtime.options(runs, store),
         methods=method_list, lre_examples=lre_examples, lre_beta=lre_beta,
     )
     seconds = time.perf_counter() - start

@@ -161,8 +161,7 @@ def entities_command(
         console.print(Text(note, style="yellow"), soft_wrap=True)
     store = runs.open("eval entities", arguments, runtime, [lm], data=chosen)
     samples = describe_entities(lm, chosen, layers=layers, reference=reference, sbert=not no_sbert,
-                                max_new_tokens=max_new_tokens, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
-                                executor=runs.executor, run_dir=store)
+                                max_new_tokens=max_new_tokens, options=runtime.options(runs, store))
     seconds = time.perf_counter() - start
     summary = summarize_descriptions(samples)
     groups = ", ".join(f"{g}: {c}" for g, c in samples.drop_duplicates("entity")["group"].value_counts().items())

@@ -165,8 +165,8 @@ def multihop_command(
         lm, rels, direction=direction, source_layers=source_layers, target_layers=target_layers,  # type: ignore[arg-type]
         max_queries=max_queries or None, max_per_chain=max_per_chain or None, match_types=not any_types,
         hop_filter=hop_filter, control=control, dev_fraction=dev_fraction, seed=seed,
-        max_new_tokens=max_new_tokens, cot_tokens=cot_tokens, cot_template=cot_template, engine=runtime.engine,  # type: ignore[arg-type]
-        progress=True, executor=runs.executor, run_dir=store,
+        max_new_tokens=max_new_tokens, cot_tokens=cot_tokens, cot_template=cot_template,  # type: ignore[arg-type]
+        options=runtime.options(runs, store),
     )
     summary = summarize_multihop(samples)
     seconds = time.perf_counter() - start

@@ -81,8 +81,7 @@ def next_token_command(
     store = runs.open("eval next-token", arguments, runtime, [lm])
     summary = evaluate_next_token(
         lm, eval_docs, samples=samples, seed=seed, methods=method_list, lenses=lenses, layers=layers,
-        max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, engine=runtime.engine, progress=True,  # type: ignore[arg-type]
-        executor=runs.executor, run_dir=store,
+        max_tokens=max_tokens, demo_k=demo_k, demo_sets=demo_sets, options=runtime.options(runs, store),
     )
     seconds = time.perf_counter() - start
     attrs = summary.attrs

@@ -107,8 +107,8 @@ def fit_future_lens_command(
     if steps and ckpt.is_file():
         console.print(Text(f"resuming from {ckpt}"))
     lens = fit_future_lens(lm, fit_docs, layers=layer_ids, offsets=offset_list, samples=samples, ridge=ridge,
-                           prompt=settings, train_prompts=steps > 0, checkpoint=ckpt, seed=seed, progress=True,
-                           extra_config={"split": split}, run_dir=store)
+                           prompt=settings, train_prompts=steps > 0, checkpoint=ckpt, seed=seed,
+                           extra_config={"split": split}, options=runtime.options(store=store))
     lens.save(out)
     losses = (lens.config.get("training") or {}).get("losses", {})
     trained = ", ".join(f"{layer}: {v[0]:.2f} → {v[-1]:.2f}" for layer, v in losses.items() if v)
@@ -170,8 +170,7 @@ def eval_future_command(
     store = runs.open("eval future", arguments, runtime, [lm])
     results = evaluate_future(lm, eval_docs, lens=fitted, layers=layer_ids, offsets=offset_list, methods=method_list,
                               samples=samples, top_k=top_k, fixed_prompt=fixed_prompt, seed=seed,
-                              engine=runtime.engine, progress=True, executor=runs.executor,
-                              run_dir=store)  # type: ignore[arg-type]
+                              options=runtime.options(runs, store))
     seconds = time.perf_counter() - start
     console.print(results_table(results, title=f"future lens · {lm.name} · Precision@1 (%) by layer and N"))
     attrs = results.attrs

@@ -48,7 +48,7 @@ def knockout_command(
         raise PatchscopesError(f"--window must be at least 1, got {window}")
     opt.check_output_paths(json_path, plot)
     lm = runtime.load(model)
-    result = attention_knockout(lm, prompt, subject, window=window, engine=runtime.engine, progress=True)
+    result = attention_knockout(lm, prompt, subject, window=window, options=runtime.options())
     console.print(Text.assemble(("attention knockout", "bold"), f" · {lm.name} · {prompt!r} · prediction "
                                 f"{result.prediction!r} (p = {result.p_original:.4f}) · window {window}"),
                   soft_wrap=True)

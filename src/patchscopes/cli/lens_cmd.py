@@ -94,14 +94,15 @@ def fit_lens_command(
     store = runs.open("fit-lens", arguments, runtime, [lm])
     if kind == "affine":
         lens = fit_affine_lens(lm, fit_docs, ridge=ridge, samples=samples or 20000, max_tokens=max_tokens,
-                               seed=seed, progress=True, extra_config={"split": split}, run_dir=store)
+                               seed=seed, extra_config={"split": split},
+                               options=runtime.options(store=store))
     else:
         ckpt = checkpoint or (store.file("tuned-lens-checkpoint.safetensors") if store is not None
                               else out / "checkpoint.safetensors")
         if ckpt.is_file():
             console.print(Text(f"resuming from {ckpt}"))
-        lens = train_tuned_lens(lm, fit_docs, settings=settings, checkpoint=ckpt, progress=True,
-                                extra_config={"split": split})
+        lens = train_tuned_lens(lm, fit_docs, settings=settings, checkpoint=ckpt,
+                                extra_config={"split": split}, options=runtime.options())
     lens.save(out)
     console.print(Text(lens_summary(lens)), soft_wrap=True)
     wrote("lens", f"{out} ({lens.config.get('seconds')} s)")

@@ -77,8 +77,8 @@ def fit_lre_command(
     chosen_layer = lm.num_layers // 3 if layer is None else lm.check_layer(layer)
     store = runs.open("fit-lre", arguments, runtime, [lm], data=rel)
     start = time.perf_counter()
-    lre = fit_lre(lm, rel, chosen_layer, examples=examples, beta=beta, seed=seed, progress=True,
-                  run_dir=store)[chosen_layer]
+    lre = fit_lre(lm, rel, chosen_layer, examples=examples, beta=beta, seed=seed,
+                  options=runtime.options(store=store))[chosen_layer]
     lre.save(out)
     console.print(Text(f"LRE of {rel.name!r} on {lm.name}: layer {lre.layer}, β = {lre.beta:g} "
                        f"({lre.config['beta_chosen']}), {len(lre.examples)} examples, faithfulness on them "
@@ -89,8 +89,7 @@ def fit_lre_command(
     others = [s for s in rel.samples if s.subject not in fitted][:test_samples]
     if not others:
         return
-    frame = faithfulness(lm, lre, others, engine=runtime.engine, progress=True, executor=runs.executor,
-                         run_dir=store)
+    frame = faithfulness(lm, lre, others, options=runtime.options(runs, store))
     table = Table(title=Text(f"faithfulness on {len(frame)} other subjects"), title_justify="left")
     for name in ("faithful %", "model correct %", "LRE correct %", "faithful where the model is correct %"):
         table.add_column(name, justify="right")

@@ -21,10 +21,10 @@ from typing import Annotated, Any, TypeVar
 import torch
 import typer
 
-from patchscopes.engine import check_engine
+from patchscopes.engine import BatchBudget, check_engine
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel, load_model
-from patchscopes.runs import Executor, RayExecutor, RunDir, settings_of
+from patchscopes.runs import Executor, RayExecutor, RunDir, RunOptions, settings_of
 from patchscopes.specs import check_spec, looks_numeric
 from patchscopes.storage import check_writable
 
@@ -255,6 +255,13 @@ class Runtime:
         """Load ``model`` on this device and dtype, after setting the thread count."""
         set_threads(self.threads)
         return load_model(model, device=self.device, dtype=self.dtype)
+
+    def options(self, runs: Runs | None = None, store: RunDir | None = None,
+                budget: BatchBudget | None = None) -> RunOptions:
+        """The Python API's :class:`~patchscopes.runs.RunOptions` of this command: its engine, progress bars on,
+        the Ray executor of ``runs`` (if any), the open run directory ``store`` and a batch ``budget``."""
+        return RunOptions(engine=self.engine, budget=budget, progress=True,  # type: ignore[arg-type]
+                          executor=runs.executor if runs is not None else None, run_dir=store)
 
 
 _RUNTIME_PARAMS = {

@@ -138,7 +138,7 @@ def trace_command(
     trace = causal_trace(lm, prompt, subject, answer=answer, kind=kind, window=window,  # type: ignore[arg-type]
                          noise_samples=noise_samples, noise_scale=noise_scale, seed=seed,
                          noise_kind=noise_kind, replace=replace, token_range=positions,  # type: ignore[arg-type]
-                         engine=runtime.engine, progress=True)
+                         options=runtime.options())
     console.print(Text.assemble(("causal trace", "bold"), f" · {lm.name} · {prompt!r} · answer {trace.answer!r}"),
                   soft_wrap=True)
     console.print(f"p clean {trace.p_clean:.4f} · p corrupted {trace.p_corrupted:.4f} · total effect "

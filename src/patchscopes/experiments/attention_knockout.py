@@ -19,14 +19,15 @@ causal mask per blocked layer), which the tests hold this equal to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
-from patchscopes.engine import BatchBudget
 from patchscopes.engine.interventions import check_knockout_support
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.runner import run
+from patchscopes.runs import RunOptions, run_options
 from patchscopes.scope import AnswerProbs, AttentionKnockout, NextToken, Patchscope, Target, token_span
 
 BLOCKED_SETS = ("subject", "non-subject", "last")
@@ -92,16 +93,25 @@ def attention_knockout(
     *,
     window: int = 9,
     blocked: tuple[str, ...] = BLOCKED_SETS,
-    engine: str = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> KnockoutResult:
     """Attention knockout of ``prompt``: every window start × every blocked set.
+
+    Args:
+        model: The model.
+        prompt: The prompt, e.g. ``"The Eiffel Tower is located in the city of"``.
+        subject: The subject, a substring of the prompt.
+        window: Consecutive layers blocked from each start layer (Geva et al.: 9).
+        blocked: Which of :data:`BLOCKED_SETS` the last token is blocked from attending to.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Raises:
         PatchscopesError: The subject is not in the prompt, the window does not fit the model, an unknown
             set is asked for, or the model's attention cannot be masked.
     """
+    options = run_options(options, legacy, "attention_knockout")
     check_knockout_support(model)
     n_layers = model.num_layers
     if not 1 <= window <= n_layers:
@@ -114,7 +124,7 @@ def attention_knockout(
         raise PatchscopesError("the subject is empty", hint="give the subject as it appears in the prompt")
     ids = model.encode(prompt)
     span = token_span(model, prompt, ids, subject.strip(), "subject")
-    intact = run(Patchscope(None, Target(prompt, 0), NextToken(top_k=1)), model, engine=engine)[0].readings
+    intact = run(Patchscope(None, Target(prompt, 0), NextToken(top_k=1)), model, engine=options.engine)[0].readings
     prediction_id, p_original = intact.top_token_ids[0], intact.top_probs[0]
     readout = AnswerProbs(answers=(prediction_id,), top_k=1)
     sets = {name: keys for name, keys in blocked_positions(len(ids), span).items() if name in blocked and keys}
@@ -124,7 +134,7 @@ def attention_knockout(
         for name, keys in sets.items():
             cells.append((start, layers, name))
             scopes.append(Patchscope(None, Target(prompt, 0, knockout=AttentionKnockout(layers, keys)), readout))
-    results = run(scopes, model, engine=engine, budget=budget, progress=progress)
+    results = run(scopes, model, **options.run_kwargs())
     records = []
     for (start, layers, name), result in zip(cells, results):
         p = result.readings.answer_probs[0]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,14 +49,14 @@ from patchscopes.data.relations import (
     mentions,
     subject_contexts,
 )
-from patchscopes.engine import BatchBudget, capture_states
+from patchscopes.engine import capture_states
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.knows_fact import knows_fact
 from patchscopes.experiments.probes import layer_probe, paired_ttest
 from patchscopes.lenses.lre import DEFAULT_EXAMPLES, faithfulness, fit_lre, token_matches
 from patchscopes.models import LanguageModel
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import Generate, NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
@@ -350,14 +350,11 @@ def evaluate_attributes(
     probe_cv: ProbeCV = "subjects",
     seed: int = 0,
     batch_size: int = 32,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
     methods: Sequence[str] = DEFAULT_METHODS,
     lre_examples: int = DEFAULT_EXAMPLES,
     lre_beta: float | None = None,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> AttributeResults:
     """Run the attribute-extraction experiment on ``relations``.
 
@@ -385,19 +382,14 @@ def evaluate_attributes(
             subject are then in training).
         seed: Seed of the sample selection and of the folds.
         batch_size: Prompts per forward pass of the fact check and of the hidden-state capture.
-        engine: ``"batched"`` or ``"reference"`` for the patchscope runs.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show progress bars.
         methods: Which of :data:`METHODS` to run: ``patchscope``, ``probe`` and ``lre`` (the LRE attribute
             lens: per relation and source layer, an LRE fitted on ``lre_examples`` in-context examples, applied
             to the subject's state in each source context, T = S, l* = L-1; and its faithfulness on the known
             subjects' in-context prompts). The LRE's fitting subjects are left out of its evaluation.
         lre_examples: In-context examples per LRE (the paper: 8).
         lre_beta: β of the LREs (``None``: chosen on the fitting examples).
-        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
-            Ray cluster).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
-            the same call given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Returns:
         An :class:`AttributeResults`; ``.summary()`` is the paper's Table 2.
@@ -405,7 +397,9 @@ def evaluate_attributes(
     Raises:
         PatchscopesError: Bad options or relation files; a relation without a usable target prompt.
     """
-    store = open_run_dir(run_dir, command="evaluate_attributes", models=[model], data=[relations, corpus],
+    options = run_options(options, legacy, "evaluate_attributes")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="evaluate_attributes", models=[model], data=[relations, corpus],
                          settings=settings_of(locals(), exclude=("model", "relations", "corpus")))
     start = time.perf_counter()
     if max_samples is not None and max_samples < 1:
@@ -491,8 +485,7 @@ def evaluate_attributes(
         # The patchscope on its samples, all (l, l*) pairs, in one call of the engine.
         scopes = [Patchscope(Source(s.text, layer, s.position), Target(prompt, t_layer, "x"), readout)
                   for s in chosen for layer in src_layers for t_layer in tgt_layers] if "patchscope" in methods else []
-        results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store,
-                      progress=progress) if scopes else []
+        results = run(scopes, model, **options.with_(run_dir=store).run_kwargs()) if scopes else []
         for index, s in enumerate(chosen_probe):
             sample_rows.append({"relation": relation.name, "sample": index, "subject": s.subject, "object": s.object,
                                 "kind": s.kind, "source_text": s.text, "source_position": s.position,
@@ -508,7 +501,7 @@ def evaluate_attributes(
         if "lre" in methods:
             try:
                 rows, faith = _lre_method(model, relation, chosen, chosen_probe, src_layers, examples=lre_examples,
-                                          beta=lre_beta, seed=seed, engine=engine, progress=progress)
+                                          beta=lre_beta, seed=seed, options=options.with_(run_dir=None))
                 lre_rows.extend(rows)
                 faith_frames.append(faith)
             except PatchscopesError as err:
@@ -529,7 +522,7 @@ def evaluate_attributes(
         model=model.name, num_layers=model.num_layers, source_layers=src_layers, target_layers=tgt_layers,
         max_samples=max_samples, probe_samples=probe_samples, contexts=list(contexts),
         contexts_per_subject=contexts_per_subject, window_tokens=window_tokens, max_new_tokens=max_new_tokens,
-        fact_filter=fact_filter, folds=folds, probe_cv=probe_cv, seed=seed, engine=engine, methods=methods,
+        fact_filter=fact_filter, folds=folds, probe_cv=probe_cv, seed=seed, engine=options.engine, methods=methods,
         lre_examples=lre_examples if "lre" in methods else None, lre_beta=lre_beta,
         seconds=round(time.perf_counter() - start, 1),
     )
@@ -559,20 +552,19 @@ def _lre_method(
     examples: int,
     beta: float | None,
     seed: int,
-    engine: Engine,
-    progress: bool,
+    options: RunOptions,
 ) -> tuple[list[tuple], pd.DataFrame]:
     """The LRE attribute lens on ``chosen`` (the patchscope's samples, in their source contexts) at every
     source layer, and the LRE's faithfulness on the in-context prompts of the ``known`` subjects; the
     fitting subjects are left out of both."""
-    lres = fit_lre(model, relation, layers, examples=examples, beta=beta, seed=seed, progress=progress)
+    lres = fit_lre(model, relation, layers, examples=examples, beta=beta, seed=seed, options=options)
     fitted = {x.subject for x in next(iter(lres.values())).examples}
     tests = [(index, s) for index, s in enumerate(chosen) if s.subject not in fitted]
     scopes = [Patchscope(Source(s.text, layer, s.position),
                          Target(s.text, -1, s.position, mapping=lres[layer].mapping()),
                          NextToken(top_k=1, position=s.position))
               for _, s in tests for layer in layers]
-    results = run(scopes, model, engine=engine, progress=progress) if scopes else []
+    results = run(scopes, model, **options.run_kwargs()) if scopes else []
     rows, k = [], 0
     for index, s in tests:
         for layer in layers:
@@ -580,7 +572,7 @@ def _lre_method(
             rows.append((relation.name, index, layer, token, token_matches(token, s.object, s.aliases)))
             k += 1
     subjects = [RelationSample(s.subject, s.object, s.aliases) for s in known if s.subject not in fitted]
-    frames = [faithfulness(model, lres[layer], subjects, engine=engine) for layer in layers] if subjects else []
+    frames = [faithfulness(model, lres[layer], subjects, options=options) for layer in layers] if subjects else []
     faith = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FAITHFULNESS_COLUMNS)
     return rows, faith
 

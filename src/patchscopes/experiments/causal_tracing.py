@@ -23,17 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from patchscopes.engine import BatchBudget, capture_states
+from patchscopes.engine import capture_states
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 from patchscopes.resolve import answer_token
 from patchscopes.runner import run
+from patchscopes.runs import RunOptions, run_options
 from patchscopes.scope import AnswerProbs, EmbeddingNoise, NextToken, Patchscope, Source, Target, Write, token_span
 
 Kind = Literal["state", "mlp", "attn"]
@@ -218,9 +219,8 @@ def causal_trace(
     noise_kind: NoiseKind = "gaussian",
     replace: bool = False,
     token_range: str | Sequence[int] | None = None,
-    engine: str = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> CausalTrace:
     """Causal tracing of ``prompt`` with ``subject`` corrupted, every layer × every traced position.
 
@@ -244,14 +244,14 @@ def causal_trace(
         token_range: The positions traced, the rows of the result: ``None`` (every token), ``"subject_last"``
             (the subject's last token only, as ROME) or a sequence of positions. ``p_restored`` has shape
             ``(len(trace.positions), layers)``.
-        engine: ``"batched"`` or ``"reference"``.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show a progress bar.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Raises:
         PatchscopesError: The subject is not in the prompt, the answer is empty, the window is larger than
             the model, a count is not positive, or the noise kind or token range is unknown.
     """
+    options = run_options(options, legacy, "causal_trace")
     if kind not in KINDS:
         raise PatchscopesError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     n_layers = model.num_layers
@@ -287,7 +287,7 @@ def causal_trace(
             raise PatchscopesError("the noise given holds NaN or infinite values", hint="give finite noise")
 
     clean_readout = NextToken(top_k=1) if answer is None else AnswerProbs(answers=(answer,), top_k=1)
-    clean = run(Patchscope(None, Target(prompt, 0), clean_readout), model, engine=engine)[0].readings
+    clean = run(Patchscope(None, Target(prompt, 0), clean_readout), model, engine=options.engine)[0].readings
     if answer is None:
         answer_id, p_clean = clean.top_token_ids[0], clean.top_probs[0]
     else:
@@ -310,7 +310,7 @@ def causal_trace(
                 writes = tuple(Write(j, pos, clean_sites[pos, j], site=kind)
                                for j in window_layers(layer, window, n_layers))
                 scopes.append(Patchscope(None, Target(prompt, 0, writes=writes, noise=noises[k]), readout))
-    results = run(scopes, model, engine=engine, budget=budget, progress=progress)
+    results = run(scopes, model, **options.run_kwargs())
     per_sample = len(cells) + 1
     probs = np.array([r.readings.answer_probs[0] for r in results]).reshape(noise_samples, per_sample)
     p_corrupted = float(probs[:, 0].mean())

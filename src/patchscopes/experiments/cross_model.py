@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -40,14 +40,14 @@ from tqdm.auto import tqdm
 
 from patchscopes.data.entities import Entity
 from patchscopes.data.text import Document
-from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.entities import description_samples, summarize_descriptions
 from patchscopes.lenses import AlignedWindow, CrossModelMap, align_windows
 from patchscopes.models import LanguageModel
 from patchscopes.presets import TOKEN_IDENTITY_PROMPT
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
+from patchscopes.runs.options import RUN_OPTION_NAMES
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import Spec, parse_spec
 
@@ -99,11 +99,8 @@ def cross_model_samples(
     methods: Sequence[str] | None = None,
     max_tokens: int = 64,
     batch_samples: int = 32,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> pd.DataFrame:
     """Run the cross-model next-token experiment; one row per (method, l, l*, sample).
 
@@ -119,13 +116,8 @@ def cross_model_samples(
         methods: Some of :data:`CROSS_METHODS` (default :data:`DEFAULT_METHODS`).
         max_tokens: Window length in A's tokens.
         batch_samples: Samples per call of the engine.
-        engine: ``"batched"`` or ``"reference"``.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show a progress bar.
-        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
-            Ray cluster).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
-            the same call given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Returns:
         Columns :data:`SAMPLE_COLUMNS`; ``token-identity`` and ``target-own`` rows have ``target_layer`` = l and
@@ -137,7 +129,8 @@ def cross_model_samples(
         PatchscopesError: Models the map was not fitted between, pairs it lacks, unknown methods, or no usable
             evaluation text.
     """
-    store = open_run_dir(run_dir, command="cross_model_samples", models=[source, target], data=documents,
+    options = run_options(options, legacy, "cross_model_samples")
+    store = open_run_dir(options.run_dir, command="cross_model_samples", models=[source, target], data=documents,
                          settings=settings_of(locals(), exclude=("source", "target", "documents")))
     start = time.perf_counter()
     cmap.check_models(source, target)
@@ -160,7 +153,7 @@ def cross_model_samples(
                                hint="give more text (documents the map was fitted on are left out)")
     a_last, b_last = source.num_layers - 1, target.num_layers - 1
     rows: list[tuple] = []
-    bar = tqdm(total=len(chosen), desc="cross-model", unit="sample", disable=not progress)
+    bar = tqdm(total=len(chosen), desc="cross-model", unit="sample", disable=not options.progress)
     try:
         for first in range(0, len(chosen), batch_samples):
             part = list(range(first, min(first + batch_samples, len(chosen))))
@@ -195,7 +188,7 @@ def cross_model_samples(
                         scopes.append(Patchscope(Source(a_ids, layer, -1, model=source),
                                                  Target(TOKEN_IDENTITY_PROMPT, layer, -1), NextToken(top_k=1)))
                         keys.append(("token-identity", layer, layer, s))
-            results = run(scopes, source, engine=engine, budget=budget, executor=executor, run_dir=store)
+            results = run(scopes, source, **options.with_(run_dir=store, progress=False).run_kwargs())
             own_text: dict[int, str] = {}
             logprobs = {s: torch.log_softmax(results[k].readings.logits.float(), dim=-1) for s, k in finals.items()}
             for (method, layer, target_layer, s), result in zip(keys, results):
@@ -232,7 +225,7 @@ def cross_model_samples(
     frame.attrs.update(
         model=source.name, target_model=target.name, methods=names, pairs=pairs, samples=len(chosen),
         requested=samples, documents=len(docs), windows=len(windows), excluded_fit_documents=excluded, seed=seed,
-        max_tokens=max_tokens, engine=engine, seconds=round(time.perf_counter() - start, 1),
+        max_tokens=max_tokens, engine=options.engine, seconds=round(time.perf_counter() - start, 1),
     )
     return frame
 
@@ -273,7 +266,8 @@ def cross_model_descriptions(
     layers: Spec | None = None,
     target_layers: Spec | None = None,
     same_model: bool = True,
-    **options,
+    options: RunOptions | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Entity description across models: A reads the name, f_{l→l*}(h) goes into B's description prompt.
 
@@ -285,32 +279,35 @@ def cross_model_descriptions(
         layers: Source layers l (default: all the map has).
         target_layers: Target layers l* (default: all the map has).
         same_model: Also describe with A alone at l* = l (``mapping = "identity"`` rows), for comparison.
-        **options: Options of :func:`~patchscopes.experiments.entities.description_samples` (a ``run_dir`` path
-            is opened once, for both of its calls).
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`; a ``run_dir`` path is opened once,
+            for both calls of :func:`~patchscopes.experiments.entities.description_samples`).
+        **kwargs: The other arguments of :func:`~patchscopes.experiments.entities.description_samples`.
 
     Returns:
         One row per (entity, pair) with the columns of
         :data:`~patchscopes.experiments.entities.SAMPLE_COLUMNS` and ``method`` (``cross-model`` or
         ``same-model``).
     """
+    legacy = {k: kwargs.pop(k) for k in RUN_OPTION_NAMES if k in kwargs}
+    options = run_options(options, legacy, "cross_model_descriptions")
     cmap.check_models(source, target)
-    options["run_dir"] = open_run_dir(options.get("run_dir"), command="cross_model_descriptions",
-                                      models=[source, target], data=entities,
-                                      settings=settings_of({**locals(), **options}, exclude=(
-                                          "source", "target", "entities", "options")))
+    store = open_run_dir(options.run_dir, command="cross_model_descriptions", models=[source, target], data=entities,
+                         settings=settings_of({**locals(), **kwargs}, exclude=("source", "target", "entities",
+                                                                               "kwargs")))
+    options = options.with_(run_dir=store)
     pairs = _pairs(cmap, source, target, layers, target_layers)
     cross = description_samples(source, entities, [(a, b, cmap.mapping(a, b)) for a, b in pairs],
-                                target_model=target, **options)
+                                target_model=target, options=options, **kwargs)
     cross.insert(0, "method", "cross-model")
     frames = [cross]
     if same_model:
         src_layers = sorted({a for a, _ in pairs})
-        if options.get("reference") == "self":
-            options = {**options, "reference": "file"}
+        if kwargs.get("reference") == "self":
+            kwargs = {**kwargs, "reference": "file"}
             # A's own scores are against the same references as the cross-model rows: B's self-descriptions.
             refs = dict(zip(cross["entity"], cross["reference"]))
             entities = [Entity(e.name, refs.get(e.name), e.popularity, e.group, e.origin) for e in entities]
-        same = description_samples(source, entities, [(a, a, None) for a in src_layers], **options)
+        same = description_samples(source, entities, [(a, a, None) for a in src_layers], options=options, **kwargs)
         same.insert(0, "method", "same-model")
         frames.append(same)
     frame = pd.concat(frames, ignore_index=True)

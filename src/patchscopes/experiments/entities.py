@@ -27,19 +27,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from patchscopes.data.entities import Entity
-from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.scoring import SentenceEmbedder, score_descriptions
 from patchscopes.models import LanguageModel
 from patchscopes.plots import add_band_line
 from patchscopes.presets import ENTITY_DESCRIPTION_PROMPT
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target, contains_placeholder
 from patchscopes.specs import parse_spec
 
@@ -96,11 +95,8 @@ def description_samples(
     max_new_tokens: int = 50,
     reference: str = "file",
     sbert: bool | SentenceEmbedder = True,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> pd.DataFrame:
     """Describe every entity at every (l, l*, f) pair and score the descriptions.
 
@@ -114,13 +110,8 @@ def description_samples(
         reference: ``"file"`` (each entity's own reference; entities without one are not scored) or
             ``"self"`` (the target model's own description of the name, unpatched).
         sbert: Compute the SBERT cosine (``True``), reuse an embedder, or skip it (``False``: NaN).
-        engine: ``"batched"`` or ``"reference"``.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show progress bars.
-        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
-            Ray cluster).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
-            the same call given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Returns:
         One row per (entity, pair), columns :data:`SAMPLE_COLUMNS`; ``attrs`` holds the settings.
@@ -129,9 +120,10 @@ def description_samples(
         PatchscopesError: No entity or pair, a prompt without placeholder, an unknown reference kind, or an
             invalid layer or mapping (checked before anything runs).
     """
-    store = open_run_dir(run_dir, command="description_samples", models=[source_model, target_model or source_model],
-                         data=entities, settings=settings_of(locals(), exclude=("source_model", "target_model",
-                                                                                 "entities")))
+    options = run_options(options, legacy, "description_samples")
+    store = open_run_dir(options.run_dir, command="description_samples",
+                         models=[source_model, target_model or source_model], data=entities,
+                         settings=settings_of(locals(), exclude=("source_model", "target_model", "entities")))
     start = time.perf_counter()
     entities = list(entities)
     if not entities:
@@ -157,14 +149,13 @@ def description_samples(
             scopes.append(Patchscope(Source(entity.name, layer, -1, model=source_model),
                                      Target(prompt, target_layer, "x", mapping=mapping, model=other), readout))
             keys.append((entity, layer, target_layer))
-    results = run(scopes, source_model, engine=engine, budget=budget, executor=executor, run_dir=store,
-                  progress=progress)
+    options = options.with_(run_dir=store)
+    results = run(scopes, source_model, **options.run_kwargs())
 
     references: dict[str, str | None]
     if reference == "self":
         references = self_descriptions(target, [e.name for e in entities], prompt=prompt,
-                                       max_new_tokens=max_new_tokens, engine=engine, budget=budget,
-                                       executor=executor, run_dir=store)
+                                       max_new_tokens=max_new_tokens, options=options.with_(progress=False))
     else:
         references = {e.name: e.reference for e in entities}
     generated = [r.generated_text or "" for r in results]
@@ -182,7 +173,7 @@ def description_samples(
         model=source_model.name, target_model=target.name, prompt=prompt, max_new_tokens=max_new_tokens,
         reference=reference, entities=len(entities), scored_entities=sum(references[e.name] is not None
                                                                           for e in entities),
-        pairs=[(int(a), int(b)) for a, b, _ in pairs], sbert=bool(sbert), engine=engine,
+        pairs=[(int(a), int(b)) for a, b, _ in pairs], sbert=bool(sbert), engine=options.engine,
         seconds=round(time.perf_counter() - start, 1),
     )
     return frame
@@ -194,16 +185,16 @@ def self_descriptions(
     *,
     prompt: str = ENTITY_DESCRIPTION_PROMPT,
     max_new_tokens: int = 50,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    executor: Executor | None = None,
-    run_dir: RunDir | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> dict[str, str]:
-    """The model's own description of each name: ``prompt`` with the name in place of ``x``, unpatched.
+    """The model's own description of each name: ``prompt`` with the name in place of ``x``, unpatched
+    (``options``: how the runs run, :class:`~patchscopes.runs.RunOptions`).
 
     Each run is an identity patch (the last layer's state at the last token written back over itself), which
     leaves the run as it is and lets the batched engine run all names together.
     """
+    options = run_options(options, legacy, "self_descriptions")
     readout = Generate(max_new_tokens=max_new_tokens, stop=DESCRIPTION_STOP)
     last = model.num_layers - 1
     unique = list(dict.fromkeys(names))
@@ -211,7 +202,7 @@ def self_descriptions(
     for name in unique:
         text = self_prompt(prompt, name)
         scopes.append(Patchscope(Source(text, last, -1), Target(text, last, -1), readout))
-    results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=run_dir)
+    results = run(scopes, model, **options.run_kwargs())
     return {name: clean_description(r.generated_text or "") for name, r in zip(unique, results)}
 
 
@@ -220,7 +211,7 @@ def describe_entities(
     entities: Sequence[Entity],
     *,
     layers: str | int | Sequence[int] | None = DEFAULT_LAYERS,
-    **options,
+    **kwargs,
 ) -> pd.DataFrame:
     """Experiment 3: describe each entity from its hidden state at each layer l (l* = l, f = identity).
 
@@ -228,7 +219,7 @@ def describe_entities(
         model: The model (source and target).
         entities: The entities.
         layers: Source layers (a SPEC; default ``None``: the paper's first ten layers, or all of a smaller model).
-        **options: The options of :func:`description_samples` (``reference``, ``sbert``, ``max_new_tokens``...).
+        **kwargs: The options of :func:`description_samples` (``reference``, ``sbert``, ``max_new_tokens``...).
 
     Returns:
         One row per (entity, layer); see :func:`description_samples`.
@@ -243,7 +234,7 @@ def describe_entities(
         layer_list = list(range(min(FIRST_LAYERS, model.num_layers)))
     else:
         layer_list = parse_spec(layers, model.num_layers, what="layer")
-    return description_samples(model, entities, [(layer, layer, None) for layer in layer_list], **options)
+    return description_samples(model, entities, [(layer, layer, None) for layer in layer_list], **kwargs)
 
 
 def summarize_descriptions(samples: pd.DataFrame) -> pd.DataFrame:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from patchscopes.data.text import Document
-from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.future import (
     DEFAULT_OFFSETS,
@@ -34,8 +33,8 @@ from patchscopes.lenses.future import (
     sample_future_positions,
 )
 from patchscopes.models import LanguageModel
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 
 FUTURE_METHODS = ("linear", "fixed", "learned")
@@ -85,12 +84,9 @@ def evaluate_future(
     fixed_prompt: str = FIXED_PROMPT,
     max_tokens: int = 64,
     seed: int = 1,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
     batch_size: int = 32,
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> FutureResults:
     """Evaluate the future lens's methods on positions of ``documents``.
 
@@ -106,19 +102,17 @@ def evaluate_future(
         fixed_prompt: The generic prompt of the fixed method.
         max_tokens: Window length of the documents in tokens.
         seed: Seed of the positions (other than the fit's default, 0).
-        engine: The patchscope engine of the fixed method.
-        budget: Micro-batch limits of the batched engine.
         batch_size: Samples per forward of the hidden states and the learned prompt.
-        progress: Show progress bars.
-        executor: Who runs the patches of the fixed and learned methods (default: this process).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping the finished
-            shards of those patches; an evaluation given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Raises:
         PatchscopesError: Bad options; a method the lens cannot serve; offsets beyond the text window; a run
             directory of another run.
     """
-    store = open_run_dir(run_dir, command="evaluate_future", models=[model], data=documents,
+    options = run_options(options, legacy, "evaluate_future")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="evaluate_future", models=[model], data=documents,
                          settings=settings_of(locals(), exclude=("model", "documents")))
     start = time.perf_counter()
     offsets = sorted(set(offsets if offsets is not None else lens.offsets if lens is not None else DEFAULT_OFFSETS))
@@ -178,8 +172,7 @@ def evaluate_future(
                              Target(tuple(prompt_ids) + data.continuations[s][:offset], layer, len(prompt_ids) - 1),
                              NextToken(top_k=top_k))
                   for layer in layers for offset in offsets for s in range(n)]
-        results = run(scopes, model, engine=engine, budget=budget, progress=progress, executor=executor,
-                      run_dir=store)
+        results = run(scopes, model, **options.with_(run_dir=store).run_kwargs())
         k = 0
         for layer in layers:
             for offset in offsets:
@@ -194,14 +187,13 @@ def evaluate_future(
                                  Target(soft.with_after(data.continuations[s][:offset]), layer, position),
                                  NextToken(top_k=top_k))
                       for offset in offsets for s in range(n)]
-            results = run(scopes, model, engine=engine, budget=budget, progress=progress, executor=executor,
-                          run_dir=store)
+            results = run(scopes, model, **options.with_(run_dir=store).run_kwargs())
             for j, offset in enumerate(offsets):
                 add("learned", layer, offset,
                     torch.tensor([r.readings.top_token_ids[:top_k] for r in results[j * n: (j + 1) * n]]))
     hits = pd.DataFrame(rows, columns=["method", "layer", "offset", "sample", "top1", "topk"])
     attrs = dict(model=model.name, layers=layers, offsets=offsets, methods=methods, samples=n, top_k=top_k,
-                 fixed_prompt=fixed_prompt, engine=engine, seed=seed, documents=len({*data.digests}),
+                 fixed_prompt=fixed_prompt, engine=options.engine, seed=seed, documents=len({*data.digests}),
                  seconds=round(time.perf_counter() - start, 1))
     return FutureResults(hits, attrs)
 

@@ -35,8 +35,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -44,12 +43,11 @@ from tqdm.auto import tqdm
 
 from patchscopes.data.relations import mentions, normalize_text
 from patchscopes.data.two_hop import COT_TEMPLATE, TwoHopQuery, build_queries, split_queries
-from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.experiments.knows_fact import generate_texts, knows_fact
 from patchscopes.models import LanguageModel
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import Generate, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 
@@ -128,29 +126,32 @@ def control_donors(queries: Sequence[TwoHopQuery], direction: Direction) -> list
 
 def filter_known(
     model: LanguageModel, queries: Sequence[TwoHopQuery], *, max_new_tokens: int = 20, batch_size: int = 32,
-    progress: bool = False, run_dir: RunDir | None = None,
+    options: RunOptions | None = None, **legacy: Any,
 ) -> tuple[list[TwoHopQuery], dict[str, int], pd.DataFrame]:
     """Keep the queries whose two hops the model answers alone: the answer (or an alias) appears within
     ``max_new_tokens`` greedy tokens (:func:`patchscopes.experiments.knows_fact.knows_fact`).
 
     Hop 1 is answered if any of its candidate prompts (``hop1_prompts``: each of relation A's templates) makes
     the model name o1; the kept query's ``hop1_prompt`` is the first such prompt. Hop 2 is its one prompt (the
-    template the composed prompt is built from). Each distinct prompt is generated once.
+    template the composed prompt is built from). Each distinct prompt is generated once. Of ``options``
+    (:class:`~patchscopes.runs.RunOptions`), the progress bar and an open run directory keeping the texts.
 
     Returns:
         The kept queries (in order), the counts ``{"queries", "hop1_known", "both_known"}``, and one row per
         query and hop (``query_id, hop, prompt, answer, generated_text, correct``).
     """
+    options = run_options(options, legacy, "filter_known")
     checks: dict[tuple[str, str], object] = {}
     for q in queries:
         for prompt in q.hop1_prompts or (q.hop1_prompt,):
             checks.setdefault((prompt, q.bridge), q.bridge_aliases)
         checks.setdefault((q.hop2_prompt, q.answer), q.answer_aliases)
     keys = list(checks)
-    bar = tqdm(total=len(keys), desc="hops", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(keys), desc="hops", unit="prompt", disable=not options.progress)
     try:
         found = knows_fact(model, [k[0] for k in keys], [k[1] for k in keys], aliases=[checks[k] for k in keys],
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar, run_dir=run_dir)
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar,
+                           run_dir=options.run_dir)  # type: ignore[arg-type]
     finally:
         bar.close()
     by_key = dict(zip(keys, found))
@@ -190,11 +191,8 @@ def multihop_samples(
     cot_tokens: int = 40,
     cot_template: str = COT_TEMPLATE,
     queries_per_run: int = 4,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> pd.DataFrame:
     """Run the multi-hop experiment; one row per (query, method, layer pair).
 
@@ -218,13 +216,8 @@ def multihop_samples(
         cot_tokens: Greedy tokens for the chain-of-thought prompt (it needs room to reason).
         cot_template: The chain-of-thought prompt, with ``{composed}``.
         queries_per_run: Queries whose layer pairs go to the engine together.
-        engine: ``"batched"`` or ``"reference"``.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show progress bars.
-        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
-            Ray cluster).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
-            the same call given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Returns:
         Columns :data:`RECORD_COLUMNS`: ``method`` is ``vanilla``, ``cot`` (layers empty), ``patchscope`` or
@@ -234,7 +227,8 @@ def multihop_samples(
     Raises:
         PatchscopesError: Bad options, or no query to start from.
     """
-    store = open_run_dir(run_dir, command="multihop_samples", models=[model], data=[relations, queries],
+    options = run_options(options, legacy, "multihop_samples")
+    store = open_run_dir(options.run_dir, command="multihop_samples", models=[model], data=[relations, queries],
                          settings=settings_of(locals(), exclude=("model", "relations", "queries")))
     start = time.perf_counter()
     if direction not in DIRECTIONS:
@@ -273,8 +267,8 @@ def multihop_samples(
     hops = pd.DataFrame(columns=["query_id", "hop", "prompt", "answer", "generated_text", "correct"])
     kept = queries
     if hop_filter:
-        kept, known_counts, hops = filter_known(model, queries, max_new_tokens=max_new_tokens, progress=progress,
-                                                run_dir=store)
+        kept, known_counts, hops = filter_known(model, queries, max_new_tokens=max_new_tokens,
+                                                options=options.with_(run_dir=store))
         counts.update(known_counts)
     used = kept
     if max_queries is not None and len(kept) > max_queries:
@@ -298,7 +292,7 @@ def multihop_samples(
         donor_of = {q.query_id: d for q, d in zip(used, donors)}
         counts["control"] = sum(d is not None for d in donors)
         total = len(used) * len(pairs) + counts["control"] * len(pairs)
-        bar = tqdm(total=total, desc="multihop", unit="patch", disable=not progress)
+        bar = tqdm(total=total, desc="multihop", unit="patch", disable=not options.progress)
         try:
             for first in range(0, len(used), queries_per_run):
                 part = used[first: first + queries_per_run]
@@ -307,7 +301,7 @@ def multihop_samples(
                 scopes = [multihop_scope(q, sl, t, direction, max_new_tokens,
                                          donor=donor_of[q.query_id] if method == "control" else None)
                           for q, method, sl, t in keys]
-                results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store)
+                results = run(scopes, model, **options.with_(run_dir=store, progress=False).run_kwargs())
                 for (q, method, sl, t), result in zip(keys, results):
                     rows.append(_row(q, method, split_of[q.query_id], sl, t, result.generated_text))
                 bar.update(len(scopes))
@@ -320,7 +314,7 @@ def multihop_samples(
         model=model.name, num_layers=model.num_layers, direction=direction, counts=counts,
         chains=[list(c) for c in chains], skipped=skipped, source_layers=src_layers, target_layers=tgt_layers,
         hops=hops.to_dict(orient="records"), seed=seed, dev_fraction=dev_fraction, max_new_tokens=max_new_tokens,
-        cot_tokens=cot_tokens, cot_template=cot_template, engine=engine, hop_filter=hop_filter, control=control,
+        cot_tokens=cot_tokens, cot_template=cot_template, engine=options.engine, hop_filter=hop_filter, control=control,
         queries=[q.to_record() for q in used], seconds=round(time.perf_counter() - start, 1),
     )
     return frame
@@ -428,7 +422,7 @@ def _record(method, correct, n, test_correct, test_n, pair) -> dict:
     }
 
 
-def evaluate_multihop(model: LanguageModel, relations: Sequence[object], **options) -> pd.DataFrame:
+def evaluate_multihop(model: LanguageModel, relations: Sequence[object], **kwargs) -> pd.DataFrame:
     """The multi-hop experiment's table (see :func:`multihop_samples` and :func:`summarize_multihop`).
 
     Example:
@@ -436,7 +430,7 @@ def evaluate_multihop(model: LanguageModel, relations: Sequence[object], **optio
         >>> rels = load_relations(["relations/factual/product_by_company.json", "relations/factual/company_ceo.json"])
         >>> table = evaluate_multihop(model, rels, source_layers="0:30:3", target_layers="0:30:3")
     """
-    return summarize_multihop(multihop_samples(model, relations, **options))
+    return summarize_multihop(multihop_samples(model, relations, **kwargs))
 
 
 def result_records(samples: pd.DataFrame, summary: pd.DataFrame) -> list[dict]:

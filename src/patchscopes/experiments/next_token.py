@@ -29,21 +29,20 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from patchscopes.data.text import Document, Window, token_windows
-from patchscopes.engine import BatchBudget
 from patchscopes.errors import PatchscopesError
 from patchscopes.lenses import Lens
 from patchscopes.models import LanguageModel
 from patchscopes.plots import add_band_line
 from patchscopes.presets import LOGIT_LENS, TOKEN_IDENTITY_PROMPT
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.specs import parse_spec
 
@@ -161,11 +160,8 @@ def next_token_samples(
     demo_k: int = 3,
     demo_sets: int = 3,
     batch_samples: int = 64,
-    engine: Engine = "batched",
-    budget: BatchBudget | None = None,
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> pd.DataFrame:
     """Run the experiment and return one row per (method, demonstration set, layer, sample).
 
@@ -182,13 +178,8 @@ def next_token_samples(
         demo_k: Demonstrations per random prompt.
         demo_sets: Random demonstration sets.
         batch_samples: Samples per call of the engine (bounds memory; the engine batches inside).
-        engine: ``"batched"`` or ``"reference"``.
-        budget: Micro-batch limits of the batched engine.
-        progress: Show a progress bar.
-        executor: Who runs the patches (default: this process; a :class:`~patchscopes.runs.RayExecutor` for a
-            Ray cluster).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`) keeping finished shards;
-            the same call given it again skips them.
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress bars,
+            executor, run directory); 0.2's separate ``engine=``... keywords still work, with a warning.
 
     Returns:
         Columns ``method, set, layer, sample, document, position, final_token_id, predicted_token_id,
@@ -197,7 +188,8 @@ def next_token_samples(
     Raises:
         PatchscopesError: Bad options, a lens of another model, or no usable document.
     """
-    store = open_run_dir(run_dir, command="next_token_samples", models=[model], data=documents,
+    options = run_options(options, legacy, "next_token_samples")
+    store = open_run_dir(options.run_dir, command="next_token_samples", models=[model], data=documents,
                          settings=settings_of(locals(), exclude=("model", "documents")))
     start = time.perf_counter()
     lenses = list(lenses)
@@ -227,7 +219,7 @@ def next_token_samples(
     identity_readout = NextToken(top_k=1)
 
     rows: list[tuple] = []
-    bar = tqdm(total=len(chosen), desc="next-token", unit="sample", disable=not progress)
+    bar = tqdm(total=len(chosen), desc="next-token", unit="sample", disable=not options.progress)
     try:
         # Samples of similar length go together, so the source batches carry little padding.
         by_length = sorted(range(len(chosen)), key=lambda i: len(chosen[i].source_ids))
@@ -254,7 +246,7 @@ def next_token_samples(
                     for name, j, prompt in targets:
                         scopes.append(Patchscope(source, Target(prompt, layer, -1), identity_readout))
                         keys.append((name, j, layer, s_index))
-            results = run(scopes, model, engine=engine, budget=budget, executor=executor, run_dir=store)
+            results = run(scopes, model, **options.with_(run_dir=store, progress=False).run_kwargs())
             logprobs = {}
             for offset, sample_index in zip(finals, part):
                 logits = results[offset].readings.logits
@@ -280,7 +272,7 @@ def next_token_samples(
     frame.attrs.update(
         model=model.name, num_layers=model.num_layers, methods=names, samples=len(chosen), requested=samples,
         documents=len(docs), windows=len(windows), skipped_short_windows=skipped, excluded_fit_documents=excluded,
-        seed=seed, max_tokens=max_tokens, engine=engine, token_identity_prompt=TOKEN_IDENTITY_PROMPT,
+        seed=seed, max_tokens=max_tokens, engine=options.engine, token_identity_prompt=TOKEN_IDENTITY_PROMPT,
         demo_prompts=[demo_prompt(w) for w in demo_words], lenses={name: lens.config.get("data", {}).get("fingerprint")
                                                                    for name, lens in lens_by_name.items()},
         seconds=round(time.perf_counter() - start, 1),
@@ -312,7 +304,7 @@ def summarize_next_token(samples: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def evaluate_next_token(model: LanguageModel, documents: Sequence[Document | str], **options) -> pd.DataFrame:
+def evaluate_next_token(model: LanguageModel, documents: Sequence[Document | str], **kwargs) -> pd.DataFrame:
     """Experiment 1: Precision@1 and surprisal per method and layer (see :func:`next_token_samples`).
 
     Returns:
@@ -325,7 +317,7 @@ def evaluate_next_token(model: LanguageModel, documents: Sequence[Document | str
         >>> fit, evaluation = split_documents(read_documents("wiki.txt"))
         >>> table = evaluate_next_token(model, evaluation, samples=500, lenses=[lens])
     """
-    return summarize_next_token(next_token_samples(model, documents, **options))
+    return summarize_next_token(next_token_samples(model, documents, **kwargs))
 
 
 _COLORS = {"logit-lens": "#1f77b4", "affine-lens": "#2ca02c", "tuned-lens": "#9467bd",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +19,7 @@ from patchscopes.lenses.base import (
 from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.runs import RunDir, open_run_dir, settings_of
+from patchscopes.runs import RunDir, RunOptions, open_run_dir, run_options, settings_of
 
 CHECKPOINT_SECONDS = 60.0
 """Seconds between two saves of an affine fit's running sums in its run directory (the sums of a 7B model take
@@ -105,9 +105,9 @@ def fit_affine_lens(
     max_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 32,
-    progress: bool = False,
     extra_config: dict | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> Lens:
     """Fit the paper's affine lens: per layer l, least squares with bias from h_l to h_{L-1}.
 
@@ -119,16 +119,19 @@ def fit_affine_lens(
         max_tokens: Window length in tokens.
         seed: Seed of the window order.
         batch_size: Windows per forward pass.
-        progress: Show a progress bar.
         extra_config: More entries for the saved config (e.g. the files and the split).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the running sums are
-            saved there every :data:`CHECKPOINT_SECONDS` seconds, and a fit given it again goes on from them.
+        options: The fit's ``progress`` bars and ``run_dir`` (:class:`~patchscopes.runs.RunOptions`: the running
+            sums are saved there every :data:`CHECKPOINT_SECONDS` seconds, and a fit given it again goes on from
+            them); 0.2's ``progress=``/``run_dir=`` still work, with a warning.
 
     Returns:
         The lens; the last layer's map is the identity.
     """
-    store = open_run_dir(run_dir, command="fit_affine_lens", models=[model], data=documents,
-                         settings=settings_of(locals(), exclude=("model", "documents", "extra_config")))
+    options = run_options(options, legacy, "fit_affine_lens")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="fit_affine_lens", models=[model], data=documents,
+                         settings=settings_of(locals(), exclude=("model", "documents", "extra_config", "engine",
+                                                                 "budget")))
     data = plan_fit_data(model, documents, samples=samples, max_tokens=max_tokens, seed=seed)
     last = model.num_layers - 1
     d = model.hidden_size

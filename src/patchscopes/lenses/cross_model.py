@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -46,7 +47,7 @@ from patchscopes.lenses.base import compare_identity, digest_key, fitted_on, mod
 from patchscopes.lenses.fit_data import capture_all_layers
 from patchscopes.mappings import Affine, affine_metadata
 from patchscopes.models import LanguageModel
-from patchscopes.runs import RunDir, open_run_dir, settings_of
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.specs import Spec, parse_spec
 from patchscopes.storage import check_finite, write_safetensors
 
@@ -390,9 +391,9 @@ def fit_cross_model_map(
     max_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 16,
-    progress: bool = False,
     extra_config: dict | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> CrossModelMap:
     """Fit an affine map (least squares with bias, optional ridge) from A's layer l to B's layer l* for every pair.
 
@@ -407,16 +408,19 @@ def fit_cross_model_map(
         max_tokens: Window length in A's tokens.
         seed: Seed of the window order.
         batch_size: Windows per forward pass.
-        progress: Show progress bars.
+        options: The fit's ``progress`` bars and ``run_dir`` (:class:`~patchscopes.runs.RunOptions`: the aligned
+            hidden states are kept there and a fit given it again reads them back); 0.2's ``progress=``/
+            ``run_dir=`` still work, with a warning.
         extra_config: More entries for the saved config (e.g. the files and the split).
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the aligned hidden states
-            are kept there once read, and a fit given it again reads them back instead of running the models.
 
     Raises:
         PatchscopesError: Bad layers, no aligned position, or too few samples.
     """
-    store = open_run_dir(run_dir, command="fit_cross_model_map", models=[source, target], data=documents,
-                         settings=settings_of(locals(), exclude=("source", "target", "documents", "extra_config")))
+    options = run_options(options, legacy, "fit_cross_model_map")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="fit_cross_model_map", models=[source, target], data=documents,
+                         settings=settings_of(locals(), exclude=("source", "target", "documents", "extra_config",
+                                                                 "engine", "budget")))
     start = time.perf_counter()
     if samples < 1:
         raise PatchscopesError(f"samples must be at least 1, got {samples}")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,7 +40,7 @@ from patchscopes.lenses.affine import AffineAccumulator
 from patchscopes.lenses.base import check_model_identity, compare_identity, digest_key, fitted_on, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.runs import RunDir, open_run_dir, settings_of
+from patchscopes.runs import RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.soft_prompt import SoftPrompt
 from patchscopes.storage import atomic_write, read_folder, read_safetensors, write_folder
 
@@ -397,9 +398,9 @@ def fit_future_lens(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
     seed: int = 0,
-    progress: bool = False,
     extra_config: dict | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> FutureLens:
     """Fit the linear maps and train the learned prompts of the future lens on ``documents``.
 
@@ -416,19 +417,20 @@ def fit_future_lens(
             was written with the same model, data and settings.
         checkpoint_every: Steps between checkpoints.
         seed: Seed of the positions.
-        progress: Show progress bars.
+        options: The fit's ``progress`` bars and ``run_dir`` (:class:`~patchscopes.runs.RunOptions`: the training
+            checkpoint and the fitted lens are kept there); 0.2's ``progress=``/``run_dir=`` still work, with a
+            warning.
         extra_config: More entries for the saved config.
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the training checkpoint
-            goes there (unless ``checkpoint`` says where) and so does the fitted lens, which a fit given the
-            same directory again reads back.
 
     Raises:
         PatchscopesError: Bad settings, too little text, a checkpoint of another model, data or settings, or a
             run directory of another run.
     """
-    store = open_run_dir(run_dir, command="fit_future_lens", models=[model], data=documents,
+    options = run_options(options, legacy, "fit_future_lens")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="fit_future_lens", models=[model], data=documents,
                          settings=settings_of(locals(), exclude=("model", "documents", "extra_config", "checkpoint",
-                                                                 "checkpoint_every")))
+                                                                 "checkpoint_every", "engine", "budget")))
     if store is not None:
         saved = store.load_state(_STATE)
         if saved is not None:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -41,8 +42,8 @@ from patchscopes.errors import PatchscopesError
 from patchscopes.lenses.base import check_model_identity, model_identity
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
-from patchscopes.runner import Engine, run
-from patchscopes.runs import Executor, RunDir, open_run_dir, settings_of
+from patchscopes.runner import run
+from patchscopes.runs import RunDir, RunOptions, open_run_dir, run_options, settings_of
 from patchscopes.scope import NextToken, Patchscope, Source, Target
 from patchscopes.storage import read_safetensors, write_safetensors
 
@@ -190,8 +191,8 @@ def fit_lre(
     examples: int | Sequence[RelationSample] = DEFAULT_EXAMPLES,
     beta: float | None = None,
     seed: int = 0,
-    progress: bool = False,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> dict[int, LinearRelation]:
     """Fit the LRE of ``relation`` at each source layer (one Jacobian pass per example serves every layer).
 
@@ -202,9 +203,8 @@ def fit_lre(
         examples: The in-context examples, or how many to draw (seeded) from the relation.
         beta: β; ``None`` chooses it per layer on the fitting examples from :data:`BETAS`.
         seed: Seed of the example draw.
-        progress: Show a progress bar.
-        run_dir: A run directory (a path or an open :class:`~patchscopes.runs.RunDir`): the fitted LREs are kept
-            there, and a fit given it again reads them back instead of computing the Jacobians again.
+        options: Its ``progress`` bar and ``run_dir`` (:class:`~patchscopes.runs.RunOptions`): the fitted LREs
+            are kept there, and a fit given it again reads them back instead of computing the Jacobians again.
 
     Returns:
         ``{layer: LinearRelation}``.
@@ -212,8 +212,10 @@ def fit_lre(
     Raises:
         PatchscopesError: Too few examples, bad layers or β.
     """
-    store = open_run_dir(run_dir, command="fit_lre", models=[model], data=relation,
-                         settings=settings_of(locals(), exclude=("model", "relation")))
+    options = run_options(options, legacy, "fit_lre")
+    progress = options.progress
+    store = open_run_dir(options.run_dir, command="fit_lre", models=[model], data=relation,
+                         settings=settings_of(locals(), exclude=("model", "relation", "engine", "budget")))
     start = time.perf_counter()
     layer_list = [model.check_layer(x, "layer") for x in ([layers] if isinstance(layers, int) else layers)]
     layer_list = list(dict.fromkeys(layer_list))
@@ -310,10 +312,8 @@ def faithfulness(
     samples: Sequence[RelationSample] | None = None,
     *,
     top_k: int = 3,
-    engine: Engine = "batched",
-    progress: bool = False,
-    executor: Executor | None = None,
-    run_dir: RunDir | str | Path | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> pd.DataFrame:
     """The paper's faithfulness: on each test subject's in-context prompt, does the LRE's top token equal the
     model's own top token?
@@ -323,10 +323,7 @@ def faithfulness(
         lre: The LRE.
         samples: Test samples (default: none given raises); the LRE's own examples are left out.
         top_k: Tokens kept of each distribution.
-        engine: The patchscope engine.
-        progress: Show a progress bar.
-        executor: Who runs the patches (default: this process).
-        run_dir: A run directory keeping the finished shards of patches (see :func:`patchscopes.run`).
+        options: How the patches run (:class:`~patchscopes.runs.RunOptions`).
 
     Returns:
         One row per subject: ``subject, object, lm_token, lre_token, faithful, lm_correct, lre_correct,
@@ -335,6 +332,7 @@ def faithfulness(
     Raises:
         PatchscopesError: No test sample is left.
     """
+    options = run_options(options, legacy, "faithfulness")
     lre.check_model(model)
     fitted = {x.subject for x in lre.examples}
     tests = [s for s in (samples or []) if s.subject not in fitted]
@@ -348,7 +346,7 @@ def faithfulness(
         prompt, end = lre.prompt(s.subject)
         ids, position = _subject_position(model, prompt, end)
         scopes.extend(_scope_pair(lre, ids, position, top_k, mapping))
-    results = run(scopes, model, engine=engine, progress=progress, executor=executor, run_dir=run_dir)
+    results = run(scopes, model, **options.run_kwargs())
     rows = []
     for k, s in enumerate(tests):
         lre_r, lm_r = results[2 * k], results[2 * k + 1]
@@ -363,14 +361,15 @@ def faithfulness(
 
 def attribute_lens(
     model: LanguageModel, lre: LinearRelation, text: str | Sequence[int], *, top_k: int = 3,
-    engine: Engine = "batched",
+    options: RunOptions | None = None, **legacy: Any,
 ) -> pd.DataFrame:
     """The attribute lens: f applied to the state at layer l of every position of ``text`` and read through
-    the final norm and unembedding.
+    the final norm and unembedding (``options``: how the patches run, :class:`~patchscopes.runs.RunOptions`).
 
     Returns:
         One row per position: ``position, token, top_tokens, top_probs``.
     """
+    options = run_options(options, legacy, "attribute_lens")
     lre.check_model(model)
     ids = model.encode(text) if isinstance(text, str) else list(text)
     if not ids:
@@ -379,7 +378,7 @@ def attribute_lens(
     prompt = tuple(ids)
     scopes = [Patchscope(Source(prompt, lre.layer, i), Target(prompt, -1, i, mapping=mapping),
                          NextToken(top_k=top_k, position=i)) for i in range(len(ids))]
-    results = run(scopes, model, engine=engine)
+    results = run(scopes, model, **options.run_kwargs())
     tokens = model.token_strings(ids)
     return pd.DataFrame([{"position": i, "token": tokens[i], "top_tokens": list(r.top_tokens),
                           "top_probs": [round(p, 4) for p in r.top_probs]} for i, r in enumerate(results)])

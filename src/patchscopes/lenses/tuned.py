@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +27,7 @@ from patchscopes.lenses.base import (
 from patchscopes.lenses.fit_data import iter_hidden, plan_fit_data
 from patchscopes.mappings import Affine
 from patchscopes.models import LanguageModel
+from patchscopes.runs import RunOptions, run_options
 from patchscopes.storage import atomic_write, check_finite
 
 
@@ -92,9 +94,10 @@ def train_tuned_lens(
     settings: TunedLensSettings | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
-    progress: bool = True,
     extra_config: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    options: RunOptions | None = None,
+    **legacy: Any,
 ) -> Lens:
     """Train a tuned lens (Belrose et al. 2023): per layer, h ↦ h + A h + b minimizing KL(final ‖ lens).
 
@@ -110,9 +113,10 @@ def train_tuned_lens(
         checkpoint: A file to save the training state to every ``checkpoint_every`` steps; if it exists and
             was written with the same model, data and settings, training resumes from it.
         checkpoint_every: Steps between checkpoints.
-        progress: Show progress bars.
         extra_config: More entries for the saved config.
         on_step: Called with ``(step, mean loss over layers)`` after each step.
+        options: The fit's ``progress`` bars (:class:`~patchscopes.runs.RunOptions`; off by default, as in
+            every fit); 0.2's ``progress=`` still works, with a warning.
 
     Returns:
         The lens; the last layer's map is the identity.
@@ -120,6 +124,8 @@ def train_tuned_lens(
     Raises:
         PatchscopesError: Bad settings, or a checkpoint from another model, data or settings.
     """
+    options = run_options(options, legacy, "train_tuned_lens")
+    progress = options.progress
     s = settings or TunedLensSettings()
     data = plan_fit_data(model, documents, samples=s.samples, max_tokens=s.max_tokens, seed=s.seed)
     last = model.num_layers - 1
