@@ -83,3 +83,43 @@ def test_results_file_errors(frame, tmp_path):
     (tmp_path / "results.txt").write_text("x")
     with pytest.raises(PatchscopesError, match=r"use \.json, \.csv or \.parquet"):
         load_results(tmp_path / "results.txt")
+
+
+@pytest.fixture(scope="module")
+def embedding_frame(tiny_llama) -> pd.DataFrame:
+    """A patch into the embeddings, one read from them, a block patch and an unpatched run, in one table."""
+    scopes = [Patchscope(Source("Paris", 1), Target("Tell me about x", "embeddings", "x")),
+              Patchscope(Source("Paris", "embeddings"), Target("Tell me about x", 2, "x")),
+              Patchscope(Source("Paris", 1), Target("Tell me about x", 1, "x")),
+              Patchscope(None, Target("Tell me about x", 0))]
+    return ps.results_to_frame(ps.run(scopes, tiny_llama))
+
+
+def test_embeddings_layer_is_named_never_minus_one(embedding_frame):
+    assert embedding_frame.target_layer.tolist() == ["embeddings", 2, 1, -1]
+    assert embedding_frame.source_layer.tolist() == [1, "embeddings", 1, -1]
+    assert embedding_frame.source_model.iloc[3] == ""  # -1 is left for the unpatched run only
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_embeddings_layer_round_trips(embedding_frame, tmp_path, suffix):
+    back = load_results(save_results(embedding_frame, tmp_path / f"r{suffix}"))
+    for col in ("source_layer", "target_layer"):
+        assert back[col].tolist() == embedding_frame[col].tolist(), (suffix, col)
+        assert all(isinstance(v, int) for v in back[col] if v != "embeddings"), (suffix, col)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_files_of_0_2_read_minus_one_as_embeddings(embedding_frame, tmp_path, suffix):
+    """0.2 wrote -1 for a patch at the embeddings; such a file loads with the layer named."""
+    old = embedding_frame.copy()
+    for col in ("source_layer", "target_layer"):
+        old[col] = [-1 if v == "embeddings" else v for v in old[col]]
+    back = load_results(save_results(old, tmp_path / f"old{suffix}"))
+    assert back.target_layer.tolist() == ["embeddings", 2, 1, -1]
+    assert back.source_layer.tolist() == [1, "embeddings", 1, -1]
+
+
+def test_block_layers_stay_integers(frame, tmp_path):
+    back = load_results(save_results(frame, tmp_path / "r.csv"))
+    assert back.target_layer.dtype.kind == "i" and back.source_layer.dtype.kind == "i"

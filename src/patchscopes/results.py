@@ -16,6 +16,7 @@ import torch
 
 from patchscopes.engine.readouts import READING_FIELDS, Readings
 from patchscopes.errors import PatchscopesError
+from patchscopes.scope import EMBEDDINGS, Layer
 from patchscopes.storage import write_output
 
 __all__ = ["PatchResult", "Readings", "load_results", "results_to_frame", "save_results", "to_records"]
@@ -34,8 +35,11 @@ class PatchResult:
     Attributes:
         source_model, target_model: The models' names.
         source_prompt, source_layer, source_position, source_token: The resolved source (l, i and the
-            token at i).
-        target_prompt, target_layer, target_position: The resolved target (l*, i*).
+            token at i). ``source_layer`` is a block index, or ``"embeddings"`` for the token embeddings.
+        target_prompt, target_layer, target_position: The resolved target (l*, i*); ``target_layer`` is a block
+            index or ``"embeddings"``, never a negative number (0.2 wrote -1 for the embeddings; such files load
+            as ``"embeddings"``). A run without a patch (a baseline, a corrupted run) has ``-1`` in both layers
+            and an empty ``source_model``.
         mapping: The name of f.
         readings: What the patched run showed.
         baseline: What the same target run showed without the patch, when asked for.
@@ -43,12 +47,12 @@ class PatchResult:
 
     source_model: str
     source_prompt: str
-    source_layer: int
+    source_layer: Layer
     source_position: int
     source_token: str
     target_model: str
     target_prompt: str
-    target_layer: int
+    target_layer: Layer
     target_position: int
     mapping: str
     readings: Readings
@@ -123,13 +127,13 @@ def _write_results(frame: pd.DataFrame, path: Path, suffix: str) -> None:
     if suffix == ".json":
         path.write_text(json.dumps(to_records(frame), indent=1, ensure_ascii=False))
     elif suffix == ".csv":
-        out = frame.copy()
+        out = _layers_as_text(frame)
         for col in out.columns:
             if col in LIST_COLUMNS or out[col].map(lambda v: isinstance(v, (list, dict))).any():
                 out[col] = out[col].map(lambda v: None if v is None else json.dumps(v, ensure_ascii=False))
         out.to_csv(path, index=False)
     elif suffix in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
+        _layers_as_text(frame).to_parquet(path, index=False)
     else:
         raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
 
@@ -141,20 +145,60 @@ def load_results(path: str | Path) -> pd.DataFrame:
         raise PatchscopesError(f"no such results file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return pd.DataFrame(json.loads(path.read_text()))
+        return _named_layers(pd.DataFrame(json.loads(path.read_text())))
     if suffix == ".csv":
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
         for col in frame.columns:
             if col in LIST_COLUMNS:
                 frame[col] = frame[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
-        return frame
+        return _named_layers(frame)
     if suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
         for col in frame.columns:
             if col in LIST_COLUMNS:
                 frame[col] = frame[col].map(lambda v: None if v is None else list(v))
-        return frame
+        return _named_layers(frame)
     raise PatchscopesError(f"unknown results format {path.suffix!r}", hint="use .json, .csv or .parquet")
+
+
+LAYER_COLUMNS = ("source_layer", "target_layer")
+"""The columns holding a layer: a block index or ``"embeddings"``."""
+
+
+def _layers_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose layer columns are text where they mix block indices with ``"embeddings"`` (CSV reads such a
+    column back as text anyway, and Parquet cannot hold a column of mixed types)."""
+    out = frame.copy()
+    for col in LAYER_COLUMNS:
+        if col in out.columns and out[col].map(lambda v: isinstance(v, str)).any():
+            out[col] = out[col].map(str)
+    return out
+
+
+def _named_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Layer columns as written by :func:`results_to_frame`: block indices as ints, ``"embeddings"`` by name.
+
+    Files written by 0.2 held -1 for a patch at the embeddings; in a row with a source model (a patch, not an
+    unpatched run, whose layers stay -1) it is read as ``"embeddings"``.
+    """
+    if "source_model" not in frame.columns or not any(c in frame.columns for c in LAYER_COLUMNS):
+        return frame
+    patched = frame["source_model"].map(lambda v: isinstance(v, str) and v != "")
+    for col in LAYER_COLUMNS:
+        if col not in frame.columns:
+            continue
+        values = [EMBEDDINGS if v == EMBEDDINGS or (p and _as_int(v) == -1) else _as_int(v)
+                  for v, p in zip(frame[col], patched)]
+        frame[col] = pd.Series(values, index=frame.index, dtype=object if EMBEDDINGS in values else None)
+    return frame
+
+
+def _as_int(value) -> int | str:
+    """A layer read from a file as an int where it is one (CSV and Parquet text columns hold ``"3"``)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def to_records(frame: pd.DataFrame) -> list[dict]:
