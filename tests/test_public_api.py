@@ -24,7 +24,25 @@ API_0_1 = [
 def test_every_0_1_name_is_still_public():
     missing = [name for name in API_0_1 if not hasattr(ps, name)]
     assert not missing, missing
-    assert set(API_0_1) <= set(ps.__all__)
+    assert set(API_0_1) - set(ps.DEPRECATED) <= set(ps.__all__)
+
+
+def test_renamed_names_import_with_a_warning_and_are_the_new_objects():
+    """``Mapping`` (the name of ``collections.abc.Mapping``) is ``StateMap`` now; the old name still works."""
+    import pytest
+
+    for old, new in ps.DEPRECATED.items():
+        assert old not in ps.__all__ and new in ps.__all__
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(ps, old) is getattr(ps, new)
+    with pytest.warns(DeprecationWarning):
+        from patchscopes.mappings import Mapping
+    assert Mapping is ps.StateMap
+    namespace: dict = {}
+    exec("from collections.abc import Mapping\nfrom patchscopes import *", namespace)
+    import collections.abc
+
+    assert namespace["Mapping"] is collections.abc.Mapping  # a star import no longer shadows it
 
 
 def test_moved_objects_are_the_same_objects():

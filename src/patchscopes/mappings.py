@@ -20,8 +20,10 @@ from patchscopes.storage import check_finite
 
 
 @runtime_checkable
-class Mapping(Protocol):
-    """Anything that maps a batch of vectors ``(n, d)`` to ``(n, d*)``; ``name`` labels it in results."""
+class StateMap(Protocol):
+    """Anything that maps a batch of hidden states ``(n, d)`` to ``(n, d*)``: the paper's f; ``name`` labels it
+    in results. (0.2 called it ``Mapping``, the name of :class:`collections.abc.Mapping`; that name still
+    imports, with a deprecation warning.)"""
 
     name: str
 
@@ -127,7 +129,7 @@ class FunctionMapping:
 IDENTITY = Identity()
 
 
-def as_mapping(mapping: object) -> Mapping:
+def as_mapping(mapping: object) -> StateMap:
     """Turn ``None`` (identity), a mapping, a path to a safetensors map or a callable into a mapping."""
     if mapping is None:
         return IDENTITY
@@ -143,7 +145,7 @@ def as_mapping(mapping: object) -> Mapping:
     )
 
 
-def check_mapping(mapping: Mapping, d_in: int, d_out: int, *, dtype: torch.dtype, device) -> None:
+def check_mapping(mapping: StateMap, d_in: int, d_out: int, *, dtype: torch.dtype, device) -> None:
     """Run ``mapping`` on a zero batch of size ``(1, d_in)`` and check it returns ``(1, d_out)``.
 
     Raises:
@@ -175,3 +177,12 @@ def check_mapping(mapping: Mapping, d_in: int, d_out: int, *, dtype: torch.dtype
 def affine_metadata(**items: object) -> dict[str, str]:
     """Metadata values as strings (lists and dicts as JSON) for :class:`Affine`."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in items.items()}
+
+
+def __getattr__(name: str):
+    if name == "Mapping":  # 0.2's name of StateMap
+        import warnings
+
+        warnings.warn("patchscopes.mappings.Mapping is deprecated: use StateMap", DeprecationWarning, stacklevel=2)
+        return StateMap
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ import torch
 
 from patchscopes.engine.readouts import AnswerProbs, Generate, NextToken, Readout
 from patchscopes.errors import PatchscopesError
-from patchscopes.mappings import Mapping
+from patchscopes.mappings import StateMap
 from patchscopes.models import LanguageModel
 from patchscopes.soft_prompt import SoftPrompt
 
@@ -138,7 +138,7 @@ class Target:
     prompt: str | tuple[int, ...] | SoftPrompt
     layer: Layer
     position: int | str = -1
-    mapping: Mapping | object | None = None
+    mapping: StateMap | object | None = None
     model: LanguageModel | None = field(default=None, repr=False)
     site: Site = "block"
     add: bool = False
