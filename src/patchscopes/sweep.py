@@ -6,6 +6,7 @@ values); :func:`sweep` runs them through :func:`~patchscopes.runner.run` and tab
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
 def plan_sweep(
     model: LanguageModel,
     prompts: str | Sequence[str],
-    scope: str | Preset = "token-identity",
+    preset: str | Preset = "token-identity",
     *,
     layers: Spec = "all",
     positions: Spec | Sequence[str] = "all",
@@ -40,13 +41,15 @@ def plan_sweep(
     readout: Readout | None = None,
     top_k: int | None = None,
     max_new_tokens: int | None = None,
+    scope: str | Preset | None = None,
 ) -> list[Patchscope]:
     """The patches of a sweep, one per (prompt, source layer, source position, target layer).
 
     Args:
         model: The source model M.
         prompts: One or more source prompts S.
-        scope: A preset name (``token-identity``, ``logit-lens``, ``description``) or a :class:`Preset`.
+        preset: A preset name (``token-identity``, ``logit-lens``, ``description``, ``selfie``) or a
+            :class:`Preset`.
         layers: Source layers l (a SPEC: ``"all"``, ``"0,3,5"``, ``"2:10"``, an int or a list).
         positions: Source positions i: a SPEC over each prompt's tokens, or a list of substrings.
         target_layers: Target layers l*; by default the preset's (l* = l for token identity).
@@ -56,12 +59,14 @@ def plan_sweep(
         readout: Replaces the preset's readout.
         top_k: Number of top tokens kept.
         max_new_tokens: Generate this many tokens (turns a next-token preset into generation).
+        scope: 0.2's name of ``preset`` (deprecated: a scope is a :class:`~patchscopes.scope.Patchscope`).
     """
+    preset = _preset_argument(preset, scope)
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
         raise PatchscopesError("no source prompts given")
-    preset = get_preset(scope).with_options(
+    preset = get_preset(preset).with_options(
         target_prompt=target_prompt, readout=readout, top_k=top_k, max_new_tokens=max_new_tokens
     )
     tmodel = target_model or model
@@ -89,6 +94,15 @@ def plan_sweep(
     return scopes
 
 
+def _preset_argument(preset: str | Preset, scope: str | Preset | None) -> str | Preset:
+    """``preset``, or 0.2's ``scope=`` spelling of it with a deprecation warning."""
+    if scope is None:
+        return preset
+    warnings.warn("sweep(scope=...) and plan_sweep(scope=...) are deprecated: pass preset=... (a scope is a "
+                  "Patchscope; the preset names which one)", DeprecationWarning, stacklevel=3)
+    return scope
+
+
 class SweepOptions(TypedDict, total=False):
     """The keyword arguments of :func:`plan_sweep` that :func:`sweep` passes on (see there)."""
 
@@ -106,7 +120,7 @@ class SweepOptions(TypedDict, total=False):
 def sweep(
     model: LanguageModel,
     prompts: str | Sequence[str],
-    scope: str | Preset = "token-identity",
+    preset: str | Preset = "token-identity",
     *,
     baseline: bool = False,
     engine: Engine = "batched",
@@ -133,12 +147,13 @@ def sweep(
         >>> df = sweep(model, "The Eiffel Tower is in Paris", "token-identity", layers="0:30:5")
         >>> df.pivot(index="source_layer", columns="source_position", values="top_token")
     """
-    scopes = plan_sweep(model, prompts, scope, **options)
+    preset = _preset_argument(preset, options.pop("scope", None))  # type: ignore[typeddict-item]
+    scopes = plan_sweep(model, prompts, preset, **options)
     results = run(scopes, model, engine=engine, baseline=baseline, budget=budget, progress=progress,
                   executor=executor, run_dir=run_dir, shard_size=shard_size)
     frame = results_to_frame(results)
-    preset = get_preset(scope)
-    frame.insert(0, "scope", preset.name)
+    preset = get_preset(preset)
+    frame.insert(0, "scope", preset.name)  # the preset's name; the column keeps 0.2's name, as files do
     if preset.separator and len(frame):
         for raw, clean in (("generated_text", "description"), ("baseline_generated_text", "baseline_description")):
             if raw in frame.columns and frame[raw].map(lambda v: isinstance(v, str)).any():
