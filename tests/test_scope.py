@@ -179,3 +179,18 @@ def test_patch_result_fields(tiny_llama):
     assert 0 < sum(result.readings.top_probs) <= 1 + 1e-6
     assert result.logits is None and result.generated_text is None
     assert tiny_llama.token_strings(result.readings.top_token_ids) == result.readings.top_tokens
+
+
+def test_generate_names_its_sampling_cut_off_sample_top_k():
+    """``top_k`` is how many tokens a next-token readout keeps; Generate's sampling cut-off is ``sample_top_k``
+    (0.2's ``Generate(top_k=...)`` still works, with a warning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = ps.Generate(do_sample=True, sample_top_k=5)
+    with pytest.warns(DeprecationWarning, match="sample_top_k"):
+        old = ps.Generate(do_sample=True, top_k=5)
+    assert old == new and new.sample_top_k == 5
+    with pytest.raises(ps.PatchscopesError, match="sample_top_k"):
+        ps.Generate(sample_top_k=-1)

@@ -289,7 +289,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_llama, engine):
 
 
 def test_sampling_does_not_depend_on_batch_size(tiny_llama):
-    readout = Generate(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, seed=11)
+    readout = Generate(max_new_tokens=8, do_sample=True, sample_top_k=20, top_p=0.9, seed=11)
     scopes = [Patchscope(Source(p, 1, -1), Target("Tell me about x", 1, -1), readout) for p in PROMPTS]
     default = ps.run(scopes, tiny_llama)
     single = ps.run(scopes, tiny_llama, budget=ps.BatchBudget(rows=1))

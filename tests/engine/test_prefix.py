@@ -31,7 +31,7 @@ def test_generation_with_a_shared_prefix_matches_reference(tiny, target, assert_
 
 
 def test_sampling_with_a_shared_prefix_equals_sampling_with_copies(tiny, monkeypatch, assert_same):
-    scopes = generation_scopes(tiny, SHORT_TARGET, Generate(max_new_tokens=24, do_sample=True, top_k=50, seed=3))
+    scopes = generation_scopes(tiny, SHORT_TARGET, Generate(max_new_tokens=24, do_sample=True, sample_top_k=50, seed=3))
     shared = ps.run(scopes, tiny, budget=ps.BatchBudget(rows=3))
     monkeypatch.setattr("patchscopes.engine.batched.prefixed_cache", lambda cache: None)
     assert_same(shared, ps.run(scopes, tiny, budget=ps.BatchBudget(rows=3)))

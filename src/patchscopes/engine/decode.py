@@ -28,8 +28,8 @@ def select_tokens(logits: torch.Tensor, readout: Generate, gens: list[torch.Gene
     if not readout.do_sample:
         return logits.argmax(dim=-1)
     logits = logits.float() / max(readout.temperature, 1e-6)
-    if readout.top_k:
-        kth = logits.topk(min(readout.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+    if readout.sample_top_k:
+        kth = logits.topk(min(readout.sample_top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if readout.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 
 import torch
 
@@ -58,7 +59,8 @@ class Generate:
         max_new_tokens: The most tokens to generate.
         do_sample: Sample instead of greedy decoding.
         temperature: Sampling temperature.
-        top_k: Sample among the k most likely tokens only (0: no limit).
+        sample_top_k: Sample among the k most likely tokens only (0: no limit); ``top_k=`` is 0.2's name of it
+            (deprecated: ``top_k`` is how many tokens :class:`NextToken` keeps, here ``top_tokens``).
         top_p: Nucleus sampling mass (1.0: no limit).
         stop: Strings that end generation; the text is cut before the first one.
         seed: Seed of the sampler, for reproducible samples.
@@ -70,14 +72,18 @@ class Generate:
     max_new_tokens: int = 20
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 0
+    sample_top_k: int = 0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int = 0
     top_tokens: int = 10
     relevancy: bool = False
+    top_k: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, top_k: int | None) -> None:
+        if top_k is not None:
+            warnings.warn("Generate(top_k=...) is deprecated: use sample_top_k", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "sample_top_k", top_k)
         for f in fields(self):  # the types first, so that the comparisons below cannot fail
             if f.name in ("max_new_tokens", "top_k", "sample_top_k", "seed", "top_tokens"):
                 check_integer(getattr(self, f.name), f.name)
@@ -95,8 +101,8 @@ class Generate:
                                    hint="use do_sample=False for greedy decoding")
         if not 0 < self.top_p <= 1:
             raise PatchscopesError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise PatchscopesError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
+        if self.sample_top_k < 0:
+            raise PatchscopesError(f"sample_top_k must be 0 (no limit) or positive, got {self.sample_top_k}")
 
 
 @dataclass(frozen=True)
