@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand
 
+from patchscopes.data.text import DATA_DOCS_HINT
 from patchscopes.errors import PatchscopesError
 from patchscopes.storage import all_or_nothing, write_output_text
 
@@ -117,6 +118,8 @@ F = TypeVar("F", bound=Callable)
 USAGE_ERRORS: tuple[type[Exception], ...] = (
     click.UsageError, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"))
 BAD_PARAMETERS: tuple[type[Exception], ...] = (click.BadParameter, typer.BadParameter)
+# Options that name data files: when one is missing, the hint also says how to get the data sets.
+DATA_OPTIONS = {"--text", "--relations", "--entities", "--corpus"}
 
 
 def report(err: PatchscopesError) -> None:
@@ -138,6 +141,8 @@ def usage_error(err: Exception, info_name: str | None, parent: click.Context | N
         message = f"{name}: {err.message}"
     command = " ".join(n for n in (parent.command_path if parent else None, info_name) if n)
     hint = getattr(err, "hint", None) or f"see `{command} --help`"
+    if type(err).__name__ == "MissingParameter" and set(getattr(param, "opts", None) or ()) & DATA_OPTIONS:
+        hint = f"{hint}; {DATA_DOCS_HINT}"
     return PatchscopesError(message.rstrip("."), hint=hint)
 
 

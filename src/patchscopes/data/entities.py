@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchscopes.data.text import resolve_text_path
+from patchscopes.data.text import DATA_DOCS_HINT, resolve_text_path
 from patchscopes.errors import PatchscopesError, read_text_file
 
 ENTITY_KINDS = ("popqa", "popqa-questions", "wikides", "entities")
@@ -175,7 +175,7 @@ def read_entities(path: str | Path) -> EntitySet:
     try:
         resolved = resolve_text_path(path)
     except PatchscopesError:
-        raise PatchscopesError(f"no such entity file: {path}", hint=_SHAPES_HINT) from None
+        raise PatchscopesError(f"no such entity file: {path}", hint=f"{_SHAPES_HINT}; {DATA_DOCS_HINT}") from None
     records = _read_records(resolved)
     if not records:
         raise PatchscopesError(f"the entity file {resolved} has no rows", hint=_SHAPES_HINT)

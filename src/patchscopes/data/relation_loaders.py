@@ -29,7 +29,10 @@ from pathlib import Path
 
 from patchscopes.data.relation_types import Relation, RelationSample, SourceContext
 from patchscopes.data.target_prompts import PAPER_TARGET_PROMPTS, check_target_prompt
+from patchscopes.data.text import DATA_DOCS_HINT
 from patchscopes.errors import PatchscopesError, read_text_file
+
+_MISSING_HINT = f"give relation .json or .tsv files, or folders of them; {DATA_DOCS_HINT}"
 
 # Names in the relation JSON files whose key (file stem) is not simply the name with underscores.
 _NAME_KEYS = {
@@ -120,7 +123,7 @@ def load_relation_json(path: str | Path) -> Relation:
 
 def _read_json(path: Path):
     if not path.is_file():
-        raise PatchscopesError(f"no such relation file: {path}", hint="give relation .json or .tsv files or folders")
+        raise PatchscopesError(f"no such relation file: {path}", hint=_MISSING_HINT)
     text = read_text_file(path, "the relation file")
     try:
         return json.loads(text)
@@ -153,7 +156,7 @@ def load_relation_tsv(path: str | Path) -> Relation:
 
     path = Path(path)
     if not path.is_file():
-        raise PatchscopesError(f"no such relation file: {path}", hint="give relation .json or .tsv files or folders")
+        raise PatchscopesError(f"no such relation file: {path}", hint=_MISSING_HINT)
     text = read_text_file(path, "the relation file")
     try:
         frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, na_values=[""])
@@ -213,7 +216,7 @@ def load_relation(path: str | Path) -> Relation:
     if suffix in (".tsv", ".tab"):
         return load_relation_tsv(path)
     if not path.exists():
-        raise PatchscopesError(f"no such relation file: {path}", hint="give relation .json or .tsv files or folders")
+        raise PatchscopesError(f"no such relation file: {path}", hint=_MISSING_HINT)
     raise PatchscopesError(f"{path}: unknown relation file type {path.suffix!r}",
                            hint="give .json files (relations schema) or .tsv files (the paper's preprocessed data)")
 
@@ -237,14 +240,13 @@ def relation_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
         elif path.exists():
             found = [path]
         else:
-            raise PatchscopesError(f"no such relation file or folder: {path}",
-                                   hint="give relation .json or .tsv files, or folders of them")
+            raise PatchscopesError(f"no such relation file or folder: {path}", hint=_MISSING_HINT)
         for p in found:
             if p.resolve() not in seen:
                 seen.add(p.resolve())
                 out.append(p)
     if not out:
-        raise PatchscopesError("no relation files given", hint="give relation .json or .tsv files or folders")
+        raise PatchscopesError("no relation files given", hint=_MISSING_HINT)
     return out
 
 

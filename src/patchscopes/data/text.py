@@ -26,6 +26,9 @@ from pathlib import Path
 from patchscopes.errors import PatchscopesError, read_text_file
 
 DATA_DIR_ENV = "PATCHSCOPES_DATA_DIR"
+# Where a user is sent when a data file is missing: the page that says how to get each experiment's data.
+DATA_DOCS_HINT = ("docs/data.md says where each experiment's data set comes from and the commands that put it "
+                  f"under ${DATA_DIR_ENV}")
 DEFAULT_EVAL_FRACTION = 0.5
 _HEADING = re.compile(r"^\s*(=\s*)+[^=].*?(\s*=)+\s*$")
 
@@ -130,7 +133,8 @@ def resolve_text_path(path: str | Path) -> Path:
     where = f" (nor under ${DATA_DIR_ENV}={data_dir})" if data_dir and not p.is_absolute() else ""
     raise PatchscopesError(
         f"no such text file: {path}{where}",
-        hint="give plain text files, one document per paragraph (paragraphs separated by blank lines)",
+        hint="give plain text files, one document per paragraph (paragraphs separated by blank lines); "
+        f"to get WikiText-2: {DATA_DOCS_HINT}",
     )
 
 
