@@ -102,6 +102,18 @@ def test_every_bad_request_gets_a_json_4xx(strict, path, body, headers, status):
     assert answer.headers["x-content-type-options"] == "nosniff"  # the guard's headers on every error too
 
 
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("get", "/static/%ed%a0%80", 404), ("get", "/static/%ff", 404), ("get", "/static/%00", 404),
+    ("get", "/static/" + "a" * 5000, 404), ("get", "/%ff", 404), ("get", "/api/nope", 404),
+    ("get", "/api/inspect", 405), ("put", "/api/inspect", 405), ("delete", "/api/describe", 405),
+    ("options", "/api/inspect", 405), ("post", "/api/models", 405),
+])
+def test_every_bad_path_or_method_gets_a_json_4xx(strict, method, path, status):
+    answer = getattr(strict, method)(path)
+    assert answer.status_code == status and answer.headers["content-type"] == "application/json", answer.text
+    assert answer.json()["error"] and answer.json()["hint"], answer.json()
+
+
 def test_the_limits_are_listed_with_the_body_size_and_the_queue(strict):
     limits = strict.get("/api/models").json()["limits"]
     assert limits["max_body_bytes"] == 1 << 20 and limits["max_queued"] == 64

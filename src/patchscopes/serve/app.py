@@ -126,7 +126,8 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
 
     def static_response(name: str) -> Response:
         if name not in files:
-            raise RequestProblem(404, f"no such file: {name}")
+            raise RequestProblem(404, f"no such file: {name[:100]}", hint="the page is at / and its files under "
+                                 "/static/, by the names it uses")
         content, media_type = files[name]
         return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
