@@ -17,6 +17,7 @@ import patchscopes.serve.app as serve_app
 from patchscopes.cli import app as cli_app
 from patchscopes.serve import Limits, create_app
 from patchscopes.serve.guard import problem
+from patchscopes.serve.streaming import sse
 
 LOCAL = "http://127.0.0.1:8765"
 PROMPT = "Hi you"
@@ -157,6 +158,11 @@ def test_what_reading_a_query_raises_is_a_400(strict, monkeypatch, raised, statu
 def test_an_error_quoting_a_lone_surrogate_is_still_json():
     answer = problem(400, "bad \ud800 text", hint="no \udfff")
     assert json.loads(answer.body) == {"error": "bad \\ud800 text", "hint": "no \\udfff"}
+
+
+def test_a_stream_event_quoting_a_lone_surrogate_is_still_utf8():
+    event = sse("error", {"error": "bad \ud800 text"}).encode("utf-8")  # as the response sends it
+    assert json.loads(event.decode().split("data: ", 1)[1]) == {"error": "bad \ud800 text"}  # a JSON escape
 
 
 def test_running_out_of_memory_is_a_413(strict, monkeypatch):

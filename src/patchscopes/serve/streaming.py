@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.serve.guard import encodable
 from patchscopes.serve.pool import Cancelled, ModelWorker
 from patchscopes.serve.queries import InspectQuery, Plan, chunk_records, layer_chunks, own_next_tokens
 
@@ -31,8 +32,9 @@ logger = logging.getLogger("patchscopes.serve")
 
 
 def sse(event: str, data: object) -> str:
-    """One server-sent event: its name and its data as one line of JSON."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
+    """One server-sent event: its name and its data as one line of JSON (a lone surrogate escaped, so that
+    the event can always be sent as UTF-8)."""
+    return f"event: {event}\ndata: {encodable(json.dumps(data, ensure_ascii=False, allow_nan=False))}\n\n"
 
 
 def error_data(err: Exception) -> dict[str, str | None]:
