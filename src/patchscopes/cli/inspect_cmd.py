@@ -24,8 +24,9 @@ from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import cell_probability, cell_text, grid, heatmap, readout_legend, save_figure
 from patchscopes.presets import PRESETS, get_preset
 from patchscopes.results import save_results
+from patchscopes.runs.memory import check_results_fit, memory_budget, parse_size
 from patchscopes.specs import check_spec
-from patchscopes.sweep import sweep
+from patchscopes.sweep import plan_sweep, sweep
 
 
 @app.command("inspect", short_help="Read every hidden state of a prompt through a patchscope.")
@@ -83,6 +84,11 @@ def inspect_command(
                                  help="The most tokens (rows × tokens per row) in one forward pass.  [default: "
                                  "16384 on a CPU, 262144 on a GPU]")
     ] = None,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", metavar="SIZE", show_default=False,
+                                 help="The most memory the patches may take beyond the model (2GB, 500MB): "
+                                 "source states, batches and results.  [default: no bound]")
+    ] = None,
     *,
     runtime: opt.Runtime,
     runs: opt.Runs,
@@ -113,11 +119,17 @@ def inspect_command(
     _check_suffix(json_path, "--json", (".json",))
     _check_suffix(csv_path, "--csv", (".csv",))
     _check_suffix(html_path, "--html", (".html", ".htm"))
+    memory = parse_size(max_memory) if max_memory is not None else None
     opt.check_output_paths(json_path, None, files={"--csv": csv_path, "--html": html_path})
 
     lm = runtime.load(model)
     budget = None if batch_rows is None and batch_tokens is None else BatchBudget(
         rows=batch_rows or BatchBudget.rows, tokens=batch_tokens or BatchBudget.tokens)  # default: the device's
+    if memory is not None:  # a quarter for the source states held at once, a quarter per batch, half for results
+        budget = memory_budget(memory, [lm], rows=batch_rows, tokens=batch_tokens)
+        check_results_fit([s.readout for s in plan_sweep(
+            lm, prompt, scope, layers=layers, positions=source_positions, target_layers=target_layer,
+            target_prompt=target_prompt, top_k=top_k, max_new_tokens=max_new_tokens)], memory)
     store = runs.open("inspect", arguments, runtime, [lm])
     try:
         frame = sweep(

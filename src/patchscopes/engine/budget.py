@@ -26,7 +26,7 @@ class BatchBudget:
     Attributes:
         rows: The most batch rows.
         tokens: The most tokens (rows × tokens each row runs).
-        bytes: An estimate of the memory one batch may need (key/value cache, activations and logits).
+        bytes: The memory one batch may need (estimated), and the most source states a run holds at once (runs.memory).
     """
 
     rows: int | None = 256

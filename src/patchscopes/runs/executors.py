@@ -23,6 +23,7 @@ from patchscopes.engine import (
     run_reference,
 )
 from patchscopes.models import LanguageModel
+from patchscopes.runs.memory import memory_pieces
 from patchscopes.runs.shards import Shard
 from patchscopes.scope import Patchscope
 
@@ -32,13 +33,15 @@ def execute_jobs(jobs: Sequence[Job], engine: str, budget: BatchBudget | None, p
 
     Without a ``budget``, the batched engine's is sized for where the models are
     (:func:`~patchscopes.engine.device_budget`: the CPU default, or large batches within the GPU's free memory).
+    A budget with ``bytes`` also bounds the source states held at once: the jobs run in pieces
+    (:func:`~patchscopes.runs.memory.memory_pieces`).
     """
     check_engine(engine)
     with torch.no_grad():
         if engine == "batched":
             if budget is None:
                 budget = device_budget(job_models(jobs))
-            return run_batched(jobs, budget, progress=progress)
+            return [r for piece in memory_pieces(jobs, budget) for r in run_batched(piece, budget, progress=progress)]
         return run_reference(jobs, progress=progress)
 
 

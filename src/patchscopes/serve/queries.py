@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from patchscopes.engine import Engine
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.models import LanguageModel
 from patchscopes.presets import PRESETS, Preset, get_preset
 from patchscopes.results import to_records
@@ -160,22 +160,6 @@ def presets_info() -> list[dict]:
     return [preset_info(p) for p in PRESETS.values()]
 
 
-def check_text(what: str, text: str) -> None:
-    """Refuse text UTF-8 cannot encode: a lone surrogate (``"\\ud800"`` in JSON) is no character, and no
-    tokenizer takes it.
-
-    Raises:
-        PatchscopesError: ``text`` holds a lone surrogate.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise PatchscopesError(
-            f"the {what} holds {text[err.start]!r} at character {err.start}, half of a surrogate pair: not text",
-            hint="send the whole character (both halves of its \\u escape pair) or remove it",
-        ) from err
-
-
 def check_preset(query: InspectQuery, limits: Limits) -> Preset:
     """The query's preset with its options, after the limits that need no model.
 
@@ -186,7 +170,7 @@ def check_preset(query: InspectQuery, limits: Limits) -> Preset:
     if not query.prompt.strip():
         raise PatchscopesError("the prompt is empty", hint='type a source prompt, e.g. "The Eiffel Tower is in Paris"')
     for what, text in (("prompt", query.prompt), ("target prompt", query.target_prompt or "")):
-        check_text(what, text)
+        check_text(text, what)  # a lone surrogate (JSON's "\ud800") is no text: no tokenizer takes it
         if len(text) > limits.max_prompt_chars:
             raise RequestProblem(413, f"the {what} has {len(text)} characters; this server takes at most "
                                  f"{limits.max_prompt_chars}", hint=f"shorten the {what}")
