@@ -100,11 +100,13 @@ def describe_vectors_command(
         try:
             pick = float(select)
         except ValueError:
-            raise PatchscopesError(f"--select {select!r} is neither 'auto' nor a number") from None
+            raise PatchscopesError(f"--select {select!r} is neither 'auto' nor a number",
+                                   hint="e.g. --select auto or --select 8") from None
     for out, option, suffixes in ((json_path, "--json", (".json",)), (csv_path, "--csv", (".csv",)),
                                   (html_path, "--html", (".html", ".htm"))):
         if out is not None and out.suffix.lower() not in suffixes:
-            raise PatchscopesError(f"{option} {out} must end in {' or '.join(suffixes)}")
+            raise PatchscopesError(f"{option} {out} must end in {' or '.join(suffixes)}",
+                                   hint=f"e.g. {option} out{suffixes[0]}")
     vectors = load_vectors(path, key=key)  # a bad file is refused before the model loads
     if chosen_layer is None and not (isinstance(vectors, SAE) and vectors.layer is not None):
         raise PatchscopesError("no layer to write the vectors at",

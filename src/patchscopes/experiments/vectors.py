@@ -123,7 +123,8 @@ def select_vectors(model: LanguageModel, vectors: VectorsLike, features: Spec | 
         matrix = matrix[None] if matrix.ndim == 1 else matrix
         what = "vector"
     if matrix.ndim != 2:
-        raise PatchscopesError(f"the vectors have shape {tuple(matrix.shape)}; give (n, {model.hidden_size})")
+        raise PatchscopesError(f"the vectors have shape {tuple(matrix.shape)}",
+                               hint=f"give a matrix (n, {model.hidden_size}) or one vector ({model.hidden_size},)")
     n = matrix.shape[0]
     if features is None:
         indices = list(range(n))
@@ -136,7 +137,7 @@ def select_vectors(model: LanguageModel, vectors: VectorsLike, features: Spec | 
             raise PatchscopesError(f"feature {bad[0]} is out of range: there are {n} {what}s",
                                    hint=f"use indices in 0..{n - 1}")
         if not indices:
-            raise PatchscopesError("no features chosen")
+            raise PatchscopesError("no features chosen", hint="give at least one index")
     chosen = check_vectors(matrix[indices], model.hidden_size, what)
     return chosen, indices, sae
 
@@ -288,7 +289,7 @@ def describe_vectors(
     if layer != "embeddings":
         layer = model.check_layer(layer, "layer")
     if max_new_tokens < 1:
-        raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}", hint="e.g. 16")
     where = explanation_prompt(model, prompt)
     norms = chosen_rows.norm(dim=1)
     directions = chosen_rows / norms[:, None]
@@ -308,7 +309,8 @@ def describe_vectors(
         try:
             target = float(select)
         except (TypeError, ValueError) as err:
-            raise PatchscopesError(f"select must be 'auto' or a scale, got {select!r}") from err
+            raise PatchscopesError(f"select must be 'auto' or a scale, got {select!r}",
+                                   hint="'auto' lets the signals choose; a number picks the nearest scale") from err
         nearest = min(range(k), key=lambda j: abs(grid[j] - target))
         pick = [nearest] * n
     lens = logit_lens_tokens(model, directions, top_k)
@@ -334,7 +336,8 @@ def scale_grid(model: LanguageModel, prompt: ExplanationPrompt, layer: int | str
     """
     if isinstance(scales, str):
         if scales != "auto":
-            raise PatchscopesError(f"scales must be 'auto' or a list of numbers, got {scales!r}")
+            raise PatchscopesError(f"scales must be 'auto' or a list of numbers, got {scales!r}",
+                                   hint="e.g. scales='auto' or scales=[4, 8, 16]")
         unit = typical_norm(model, prompt, layer)
         return [round(f * unit, 4) for f in AUTO_FACTORS]
     grid = [float(s) for s in scales]
@@ -342,7 +345,8 @@ def scale_grid(model: LanguageModel, prompt: ExplanationPrompt, layer: int | str
         raise PatchscopesError("no scales given", hint="give at least one scale, or scales='auto'")
     bad = [s for s in grid if not (s > 0 and s < float("inf"))]
     if bad:
-        raise PatchscopesError(f"scale {bad[0]} is not a positive finite number")
+        raise PatchscopesError(f"scale {bad[0]} is not a positive finite number",
+                               hint="scales are norms: e.g. [4, 8, 16]")
     return grid
 
 

@@ -10,6 +10,8 @@
 - ``POST /api/inspect/stream``: the same query, answered as server-sent events while it runs
   (:mod:`~patchscopes.serve.streaming`);
 - ``POST /api/describe``: a :class:`~patchscopes.serve.queries.DescribeQuery`; answers a list of one record.
+- ``POST /api/describe-vector``: a :class:`~patchscopes.serve.vectors.DescribeVectorQuery` (a pasted or
+  uploaded vector); answers one record per scale (:mod:`~patchscopes.serve.vectors`).
 
 Errors are JSON ``{"error": message, "hint": hint}`` with a 4xx status: 400 bad input, 401 a missing or
 wrong token, 403 a foreign ``Host`` header or a cross-origin ``POST`` without the token, 404 an unknown model
@@ -48,6 +50,7 @@ from patchscopes.serve.queries import (
     presets_info,
 )
 from patchscopes.serve.streaming import error_data, stream_inspect
+from patchscopes.serve.vectors import add_vector_routes
 
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -199,6 +202,7 @@ def create_app(pool: ModelPool, *, token: str | None = None, limits: Limits | No
         with input_errors():
             return await run_in_threadpool(plan_query, worker.model, worker.name, query, limits)
 
+    add_vector_routes(app, limits, worker_for, while_connected)
     return app
 
 

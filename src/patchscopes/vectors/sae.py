@@ -124,9 +124,11 @@ def load_sae(path: str | Path) -> SAE:
     try:
         cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise PatchscopesError(f"{folder / CONFIG_FILE} is not valid JSON ({err})") from err
+        raise PatchscopesError(f"{folder / CONFIG_FILE} is not valid JSON ({err})",
+                               hint="SAELens writes cfg.json as a JSON object") from err
     if not isinstance(cfg, dict):
-        raise PatchscopesError(f"{folder / CONFIG_FILE} must hold a JSON object")
+        raise PatchscopesError(f"{folder / CONFIG_FILE} must hold a JSON object",
+                               hint="SAELens writes its config as one")
     try:
         tensors = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as err:
@@ -138,19 +140,22 @@ def load_sae(path: str | Path) -> SAE:
                                hint=f"an SAELens SAE holds {', '.join(TENSORS)}; found {', '.join(sorted(tensors))}")
     w_enc, w_dec, b_enc, b_dec = (tensors[name].float() for name in TENSORS)
     if w_dec.ndim != 2:
-        raise PatchscopesError(f"W_dec must be a matrix (d_sae, d_in), got shape {tuple(w_dec.shape)}")
+        raise PatchscopesError(f"W_dec must be a matrix (d_sae, d_in), got shape {tuple(w_dec.shape)}",
+                               hint="SAELens saves W_dec with one feature per row")
     d_sae, d_in = w_dec.shape
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_in,)}
     for name, tensor in (("W_enc", w_enc), ("b_enc", b_enc), ("b_dec", b_dec)):
         if tuple(tensor.shape) != expected[name]:
             raise PatchscopesError(f"{name} has shape {tuple(tensor.shape)}, but W_dec {tuple(w_dec.shape)} needs "
-                                   f"{expected[name]}")
+                                   f"{expected[name]}", hint="the folder's tensors must come from one SAE")
     for key, size in (("d_in", d_in), ("d_sae", d_sae)):
         if key in cfg and cfg[key] != size:
-            raise PatchscopesError(f"{CONFIG_FILE} says {key} = {cfg[key]}, but the weights have {size}")
+            raise PatchscopesError(f"{CONFIG_FILE} says {key} = {cfg[key]}, but the weights have {size}",
+                                   hint=f"the folder's {CONFIG_FILE} and {WEIGHTS_FILE} must come from one SAE")
     threshold = tensors.get("threshold")
     if threshold is not None:
         threshold = threshold.float()
     if not all(torch.isfinite(t).all() for t in (w_enc, w_dec, b_enc, b_dec)):
-        raise PatchscopesError(f"the SAE in {folder} has NaN or infinite weights")
+        raise PatchscopesError(f"the SAE in {folder} has NaN or infinite weights",
+                               hint="the SAE's training diverged, or the file is damaged")
     return SAE(w_enc, w_dec, b_enc, b_dec, cfg=cfg, threshold=threshold, path=str(folder))

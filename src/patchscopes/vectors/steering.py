@@ -39,18 +39,19 @@ def contrast_vector(
             neither ``"mean"`` nor ``"last"``.
     """
     if tokens not in ("mean", "last"):
-        raise PatchscopesError(f"tokens must be 'mean' or 'last', got {tokens!r}")
+        raise PatchscopesError(f"tokens must be 'mean' or 'last', got {tokens!r}", hint="use tokens='mean' or 'last'")
     layer = model.check_layer(layer, "layer")
     means = []
     for name, prompts in (("positive", positive), ("negative", negative)):
         if isinstance(prompts, str) or not prompts:
-            raise PatchscopesError(f"the {name} prompts must be a non-empty list of strings")
+            raise PatchscopesError(f"the {name} prompts must be a non-empty list of strings",
+                                   hint="e.g. positive=['Le chat dort.'], negative=['The cat sleeps.']")
         ids = [model.encode(p) for p in prompts]
         special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
         positions = []
         for prompt, seq in zip(prompts, ids):
             if not seq:
-                raise PatchscopesError(f"the {name} prompt {prompt!r} has no tokens")
+                raise PatchscopesError(f"the {name} prompt {prompt!r} has no tokens", hint="leave out empty prompts")
             own = [k for k, t in enumerate(seq) if t not in special] or list(range(len(seq)))
             positions.append(own if tokens == "mean" else [len(seq) - 1])
         states = capture_states(model, ids, positions, [layer])[:, 0]
@@ -99,7 +100,8 @@ def load_vectors(path: str | Path, *, key: str | None = None) -> torch.Tensor | 
     except PatchscopesError:
         raise
     except Exception as err:  # a corrupt file: the readers raise many types
-        raise PatchscopesError(f"cannot read vectors from {path} ({type(err).__name__}: {err})") from err
+        raise PatchscopesError(f"cannot read vectors from {path} ({type(err).__name__}: {err})",
+                               hint="the file may be damaged, or not of the format its name says") from err
     if isinstance(found, dict):
         names = sorted(k for k, v in found.items() if isinstance(v, torch.Tensor))
         name = key or ("W_dec" if "W_dec" in names else names[0] if len(names) == 1 else None)
@@ -108,7 +110,8 @@ def load_vectors(path: str | Path, *, key: str | None = None) -> torch.Tensor | 
                                    hint="pass key=NAME (--key NAME)")
         found = found[name]
     if not isinstance(found, torch.Tensor):
-        raise PatchscopesError(f"{path} holds a {type(found).__name__}, not a tensor")
+        raise PatchscopesError(f"{path} holds a {type(found).__name__}, not a tensor",
+                               hint="save a tensor (n, d), or a dict of tensors")
     return found.float().reshape(1, -1) if found.ndim == 1 else found.float()
 
 
@@ -126,7 +129,7 @@ def check_vectors(vectors: torch.Tensor, width: int, what: str = "vector") -> to
         raise PatchscopesError(f"the {what}s have shape {tuple(vectors.shape)}, but the model's states have width "
                                f"{width}", hint=f"give vectors of shape (n, {width}) (or ({width},) for one)")
     if vectors.shape[0] == 0:
-        raise PatchscopesError(f"no {what}s to describe")
+        raise PatchscopesError(f"no {what}s to describe", hint=f"give at least one vector of width {width}")
     vectors = vectors.float().cpu()
     bad = (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist()
     if bad:
@@ -135,5 +138,6 @@ def check_vectors(vectors: torch.Tensor, width: int, what: str = "vector") -> to
                                hint="check how the vectors were computed; every entry must be finite")
     zero = (vectors.norm(dim=1) == 0).nonzero().flatten().tolist()
     if zero:
-        raise PatchscopesError(f"{what} {zero[0]} is zero: it has no direction to describe")
+        raise PatchscopesError(f"{what} {zero[0]} is zero: it has no direction to describe",
+                               hint="leave it out, or give a vector with at least one non-zero entry")
     return vectors
