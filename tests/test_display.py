@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from html import escape
 
 import pandas as pd
 import pytest
@@ -21,10 +22,10 @@ def test_show_draws_the_sweep_heatmap_offline(tiny_llama, tmp_path):
     html = view._repr_html_()
     assert "Plotly.newPlot" in html
     assert not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js embedded: no network needed
-    # every cell's top token is in the figure, as the heatmap shows it
+    # every cell's top token is in the figure, as the heatmap shows it (escaped: plotly reads it as HTML)
     cells = view.figure.data[0]
     assert [list(row) for row in cells.text] == [
-        [cell_text(rec, 12) for rec in df[df.source_layer == layer].to_dict("records")] for layer in (0, 2)
+        [escape(cell_text(rec, 12)) for rec in df[df.source_layer == layer].to_dict("records")] for layer in (0, 2)
     ]
     assert "tiny-llama" in repr(view) and "2 rows × 3 positions" in repr(view)
     assert view.save(tmp_path / "heatmap.html").read_text(encoding="utf-8").count("Plotly.newPlot") == 1

@@ -178,7 +178,7 @@ def test_patch_result_fields(tiny_llama):
     assert result.readings.top_probs == sorted(result.readings.top_probs, reverse=True)
     assert 0 < sum(result.readings.top_probs) <= 1 + 1e-6
     assert result.logits is None and result.generated_text is None
-    assert tiny_llama.token_strings(result.readings.top_token_ids) == result.readings.top_tokens
+    assert tiny_llama.token_labels(result.readings.top_token_ids) == result.readings.top_tokens
 
 
 def test_generate_names_its_sampling_cut_off_sample_top_k():

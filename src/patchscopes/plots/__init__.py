@@ -85,13 +85,15 @@ def is_generation(record: dict[str, Any] | pd.Series) -> bool:
     return isinstance(record.get("generated_text"), str)
 
 
-def cell_text(record: dict[str, Any] | pd.Series, width: int = 16) -> str:
+def cell_text(record: dict[str, Any] | pd.Series, width: int | None = 16) -> str:
     """What a cell shows: the visible top token, or the generated text (its ``description`` when the sweep
-    cleaned one) shortened to ``width``."""
+    cleaned one) shortened to ``width`` (``None``: whole)."""
     if is_generation(record):
         text = record.get("description")
-        return shorten(show_token(text if isinstance(text, str) else record["generated_text"]), width)
-    return shorten(show_token(record.get("top_token", _first(record.get("top_tokens")))), width)
+        shown = show_token(text if isinstance(text, str) else record["generated_text"])
+    else:
+        shown = show_token(record.get("top_token", _first(record.get("top_tokens"))))
+    return shown if width is None else shorten(shown, width)
 
 
 def cell_probability(record: dict[str, Any] | pd.Series) -> float | None:

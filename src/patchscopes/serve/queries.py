@@ -211,7 +211,7 @@ def plan_query(model: LanguageModel, name: str, query: InspectQuery, limits: Lim
             413, f"this query asks for {patches} {kind}; this server runs at most {most} per request",
             hint="sweep fewer layers or positions (e.g. layers 0:30:3, positions -5:)",
         )
-    return Plan(model=name, scope=preset.name, prompt=query.prompt, tokens=model.token_strings(ids), layers=layers,
+    return Plan(model=name, scope=preset.name, prompt=query.prompt, tokens=model.token_labels(ids), layers=layers,
                 positions=positions, target_layers=targets, generation=generation, patches=patches)
 
 
