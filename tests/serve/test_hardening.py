@@ -37,6 +37,7 @@ def chunked(data: bytes, size: int = 64 * 1024):
 
 
 QUERIES = ["/api/inspect", "/api/inspect/stream"]
+VECTOR = ["/api/describe-vector"]  # the tiny models' width is 32
 OVERSIZED = raw({"prompt": PROMPT, "layers": "0", "positions": "1"})[:-1] + b" " * (1 << 20) + b"}"  # valid JSON
 # (name, paths, body bytes or a generator factory, headers, expected status); every row also asserts a JSON body
 BAD = [
@@ -81,6 +82,13 @@ BAD = [
     ("describe an unknown preset", ["/api/describe"], raw({"prompt": PROMPT, "layer": 0, "position": 0,
                                                            "scope": "nope"}), JSON, 400),
     ("describe without a position", ["/api/describe"], raw({"prompt": PROMPT, "layer": 0}), JSON, 422),
+    ("a vector at a huge layer", VECTOR, raw({"vector": [0.1] * 32, "layer": 10**30}), JSON, 400),
+    ("a vector of infinities", VECTOR, raw({"vector": "1e999 " * 32, "layer": 0}), JSON, 400),
+    ("a vector of NaN", VECTOR, b'{"vector": [' + b", ".join([b"NaN"] * 32) + b'], "layer": 0}', JSON, 400),
+    ("a vector that is a lone surrogate", VECTOR, raw({"vector": "\ud800", "layer": 0}), JSON, 400),
+    ("a vector of 400,000 numbers", VECTOR, raw({"vector": "0 " * 400_000, "layer": 0}), JSON, 400),
+    ("a vector over the body limit", VECTOR, raw({"vector": "0 " * 600_000, "layer": 0}), JSON, 413),
+    ("a vector holding a huge integer", VECTOR, raw({"vector": [10**400] + [0.1] * 31, "layer": 0}), JSON, 422),
 ]
 CASES = [pytest.param(path, body, headers, status, id=f"{name} {path}")
          for name, paths, body, headers, status in BAD for path in paths]
