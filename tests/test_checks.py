@@ -121,3 +121,15 @@ def test_a_soft_prompt_with_nan_is_refused(tmp_path):
     path = ps.SoftPrompt(_nan(2, 8), "a", "b").save(tmp_path / "soft.safetensors")
     with pytest.raises(PatchscopesError, match=r"the soft prompt .*soft\.safetensors: the tensor 'vectors'"):
         ps.SoftPrompt.load(path)
+
+
+@pytest.mark.parametrize(("weight", "beta", "message"), [
+    (_nan(4, 4), 1.0, "the tensor 'weight' holds 1 NaN"),
+    (torch.eye(4), math.nan, "its β is nan"),
+    (torch.eye(4), math.inf, "its β is inf"),
+])
+def test_an_lre_file_with_nan_is_refused(tmp_path, weight, beta, message):
+    lre = ps.LinearRelation("capital", "capital", 0, weight, torch.zeros(4), beta, "{} is in", [], {})
+    path = lre.save(tmp_path / "lre.safetensors")
+    with pytest.raises(PatchscopesError, match=message):
+        ps.LinearRelation.load(path)

@@ -8,7 +8,7 @@ import pytest
 
 import patchscopes as ps
 from patchscopes import PatchscopesError, parse_spec
-from patchscopes.specs import check_spec, format_spec
+from patchscopes.specs import check_spec, format_spec, parse_indices
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -157,3 +157,11 @@ def test_bad_specs_in_a_sweep(tiny_llama):
         ps.sweep(tiny_llama, "Hello", "token-identity", target_layers="5")
     with pytest.raises(PatchscopesError, match="invalid position spec"):
         ps.sweep(tiny_llama, "Hello", "token-identity", positions=["Hello", 0])
+
+
+def test_parse_indices_reads_plain_numbers_only():
+    assert parse_indices("0, -1,3") == (0, -1, 3)
+    for bad in ("0:3", "", ",", "1_0", "1 2", "٣", "a"):
+        with pytest.raises(PatchscopesError) as info:
+            parse_indices(bad)
+        assert "0,-1" in info.value.hint

@@ -110,6 +110,23 @@ def check_spec(spec: Spec, *, what: str = "layer") -> None:
     parse_spec(spec, 1 << 62, what=what)  # a sequence: its items must be integers
 
 
+def parse_indices(text: str, *, what: str = "position") -> tuple[int, ...]:
+    """A comma-separated list of numbers of the grammar (``0,-1``), not resolved against a size (no ranges).
+
+    Raises:
+        PatchscopesError: A malformed number, a range, or no number at all.
+    """
+    hint = "give numbers separated by ',', e.g. 0,-1"
+    try:
+        parts = _parse(text, what)
+    except PatchscopesError as err:
+        raise PatchscopesError(err.message, hint=hint) from None
+    if not parts or any(isinstance(part, _Range) for part in parts):
+        raise PatchscopesError(f"invalid {what} list {text!r}" + (": a range is not allowed here" if parts else ""),
+                               hint=hint)
+    return tuple(int(part) for part in parts)  # type: ignore[arg-type] (no _Range left)
+
+
 def looks_numeric(text: str) -> bool:
     """Whether ``text`` is made of digits (of any script), signs, colons, commas and spaces only: what a
     spec is written with, so that a typo in one (``0-5``, ``３``) is never read as a substring of a prompt."""

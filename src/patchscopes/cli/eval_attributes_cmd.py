@@ -139,6 +139,7 @@ def attributes_command(
     ] = DEFAULT_EXAMPLES,
     lre_beta: Annotated[
         float | None, typer.Option("--lre-beta", metavar="B", show_default=False,
+                                   callback=opt.at_least(0.0, strict=True),
                                    help="β of the LREs.  [default: chosen on the fitting examples]")
     ] = None,
     *,

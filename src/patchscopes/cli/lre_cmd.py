@@ -43,7 +43,7 @@ def fit_lre_command(
                           help="In-context examples to fit on (the paper: 8).")
     ] = DEFAULT_EXAMPLES,
     beta: Annotated[
-        float | None, typer.Option("--beta", metavar="B", show_default=False,
+        float | None, typer.Option("--beta", metavar="B", show_default=False, callback=opt.at_least(0.0, strict=True),
                                    help="β, the scale of W.  [default: chosen on the examples]")
     ] = None,
     test_samples: Annotated[

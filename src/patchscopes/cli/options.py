@@ -119,10 +119,32 @@ def eval_fraction_option(help: str = "Share of documents in the eval part.") -> 
     return Annotated[float, typer.Option("--eval-fraction", metavar="X", callback=at_least(0.0, 1.0), help=help)]
 
 
+def spec_syntax(what: str = "layer") -> Callable[[Any], Any]:
+    """An option callback that checks a SPEC's syntax (:func:`~patchscopes.specs.check_spec`) as the command line
+    is read, before any model loads: a typo (``-l 0-5``) is reported at once, its range once the model is known.
+    ``None`` (an option not given) passes."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            check_spec(value, what=what)
+        except PatchscopesError as err:
+            error = typer.BadParameter(err.message)
+            error.hint = err.hint  # type: ignore[attr-defined] (shown by the command's usage errors)
+            raise error from None
+        return value
+
+    return check
+
+
 def layers_option(help: str, *names: str, optional: bool = False) -> Any:
-    """A layer SPEC option (``--layers``/``-l`` unless ``names`` are given); ``optional``: ``None`` allowed."""
+    """A layer SPEC option (``--layers``/``-l`` unless ``names`` are given), its syntax checked as the command line
+    is read (:func:`spec_syntax`); ``optional``: ``None`` allowed."""
     kind = str | None if optional else str
-    return Annotated[kind, typer.Option(*(names or ("--layers", "-l")), metavar="SPEC", help=help)]
+    names = names or ("--layers", "-l")
+    what = "target layer" if "target" in names[0] else "layer"
+    return Annotated[kind, typer.Option(*names, metavar="SPEC", callback=spec_syntax(what), help=help)]
 
 
 def methods_option(help: str) -> Any:

@@ -20,6 +20,7 @@ from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.experiments.causal_tracing import KINDS, NOISE_KINDS, TOKEN_RANGES, causal_trace
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
+from patchscopes.specs import looks_numeric, parse_indices
 
 
 def check_subject(prompt: str, subject: str) -> None:
@@ -47,12 +48,10 @@ def parse_token_range(text: str) -> str | tuple[int, ...] | None:
         return None
     if text in TOKEN_RANGES:
         return text
-    try:
-        positions = tuple(int(part) for part in text.split(","))
-    except ValueError:
+    if not looks_numeric(text):
         raise PatchscopesError(f"unknown --token-range {text!r}",
-                               hint="use all, subject_last or comma-separated positions such as 0,-1") from None
-    return positions
+                               hint="use all, subject_last or comma-separated positions such as 0,-1")
+    return parse_indices(text, what="token-range")
 
 
 def write_outputs(records: list[dict], figure: Callable[[], object], json_path: Path | None,

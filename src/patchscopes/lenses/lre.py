@@ -25,6 +25,7 @@ template, examples, model identity); :meth:`LinearRelation.load` refuses one fit
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -154,8 +155,12 @@ class LinearRelation:
             raise PatchscopesError(f"{path} is not an LRE file (format {metadata.get('format')!r})")
         meta = json.loads(metadata["lre"])
         examples = [RelationSample(s, o, tuple(a)) for s, o, a in meta.pop("examples")]
+        beta = float(meta.pop("beta"))
+        if not math.isfinite(beta):
+            raise PatchscopesError(f"the LRE {path}: its β is {beta}, not a finite number",
+                                   hint="the file is corrupt: fit it again with `patchscopes fit-lre`")
         lre = cls(meta.pop("relation"), meta.pop("key"), int(meta.pop("layer")), weight, bias,
-                  float(meta.pop("beta")), meta.pop("template"), examples, meta)
+                  beta, meta.pop("template"), examples, meta)
         if model is not None:
             lre.check_model(model)
         return lre
@@ -219,8 +224,10 @@ def fit_lre(
     start = time.perf_counter()
     layer_list = [model.check_layer(x, "layer") for x in ([layers] if isinstance(layers, int) else layers)]
     layer_list = list(dict.fromkeys(layer_list))
-    if beta is not None and not beta > 0:
-        raise PatchscopesError(f"β must be positive, got {beta}")
+    if beta is not None and not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta)
+                                 and beta > 0):
+        raise PatchscopesError(f"β must be a finite number above 0, got {beta!r}", hint="e.g. beta=2.0, or None to "
+                               "choose it on the fitting examples")
     chosen = choose_examples(relation, examples, seed=seed) if isinstance(examples, int) else list(examples)
     if len(chosen) < 2:
         raise PatchscopesError(f"an LRE needs at least 2 examples, got {len(chosen)}")
