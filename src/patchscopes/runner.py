@@ -3,6 +3,8 @@ keeping finished shards in a run directory when given one."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,6 +21,16 @@ from patchscopes.runs.executors import Executor, LocalExecutor
 from patchscopes.runs.run_dir import RunDir, open_run_dir
 from patchscopes.runs.shards import DEFAULT_SHARD_SIZE, plan_shards, readings_to_records, records_to_readings
 from patchscopes.scope import Patchscope, Target
+
+_LOG = logging.getLogger("patchscopes")
+
+
+def announce(message: str, progress: bool) -> None:
+    """Say ``message`` (what a run is about to do, or has found done): to the ``patchscopes`` logger, and with
+    ``progress``, on stderr above the progress bars."""
+    _LOG.info(message)
+    if progress:
+        tqdm.write(message, file=sys.stderr)
 
 
 def run(
@@ -81,6 +93,9 @@ def run(
     store = open_run_dir(run_dir, command="run", settings={"engine": engine, "shard_size": shard_size},
                          models=models, data=[shard.key for shard in shards])
     readings: list[Readings | None] = [None] * len(jobs)
+    if jobs:  # the cost, said before the work starts
+        baselines = f" and {len(jobs) - n_patches:,} unpatched baseline runs" if baseline else ""
+        announce(f"running {n_patches:,} patches{baselines} ({engine} engine)", progress)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
         todo = []
@@ -92,6 +107,10 @@ def run(
                 bar.update(shard.stop - shard.start)
             else:
                 todo.append(shard)
+        if store is not None and len(todo) < len(shards):
+            done = sum(shard.stop - shard.start for shard in shards) - sum(shard.stop - shard.start for shard in todo)
+            announce(f"reused {len(shards) - len(todo):,} of {len(shards):,} shards ({done:,} of {len(jobs):,} "
+                     f"patches) from the run directory {store.path}; running the other {len(todo):,}", progress)
         if todo:
             for shard, shard_readings in executor.run_shards(scopes, jobs, todo, model=model, engine=engine,
                                                              budget=budget, progress=bar):

@@ -166,3 +166,65 @@ def test_model_families_at_80_columns_cut_no_cell_and_give_why_room(monkeypatch)
         assert _squeezed(row.model_type + row.status + why) in table, row.model_type
     header = next(line for line in lines if "layout / why" in line)
     assert len(header.strip("┃").split("┃")[-1]) >= 30  # the reason has room to wrap in
+
+
+# -- the cost of a command, said before it starts -----------------------------------------------------------
+def test_trace_says_how_many_patches_it_will_run_before_it_runs(tiny_dir):
+    import patchscopes as ps
+
+    lm = ps.load_model(tiny_dir)
+    n_tokens = len(lm.encode("Hi you there"))
+    result = invoke("trace", "Hi you there", "--subject", "you", "--model", tiny_dir, "--noise-samples", "2")
+    assert result.exit_code == 0, result.output
+    patches = 2 * (n_tokens * lm.num_layers + 1)
+    line = f"causal trace: 2 noise samples × ({n_tokens} positions × 3 layers + 1 corrupted run) = {patches:,} patches"
+    assert line in result.output
+    assert result.output.index(line) < result.output.index("largest indirect effects")
+    assert f"running {patches:,} patches" in result.output
+    small = invoke("trace", "Hi you there", "--subject", "you", "--model", tiny_dir, "--noise-samples", "1",
+                   "--token-range", "subject_last")
+    assert "1 noise sample × (1 position × 3 layers + 1 corrupted run) = 4 patches" in small.output
+
+
+def test_run_says_its_patches_and_a_resumed_run_the_shards_it_reused(tiny_llama, tmp_path, capsys, caplog):
+    import logging
+
+    import patchscopes as ps
+
+    scopes = [ps.Patchscope(ps.Source("Hi you", layer, -1), ps.Target(ps.TOKEN_IDENTITY_PROMPT, layer, -1))
+              for layer in range(3)]
+    first = ps.run(scopes, tiny_llama, progress=True, run_dir=tmp_path / "run", shard_size=1)
+    assert "running 3 patches (batched engine)" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="patchscopes"):
+        again = ps.run(scopes, tiny_llama, progress=True, run_dir=tmp_path / "run", shard_size=1)
+    err = capsys.readouterr().err
+    assert f"reused 3 of 3 shards (3 of 3 patches) from the run directory {tmp_path / 'run'}" in err
+    assert any("reused 3 of 3 shards" in r.getMessage() for r in caplog.records)  # the Python API's logger
+    assert [r.top_token for r in again] == [r.top_token for r in first]
+    ps.run(scopes, tiny_llama)  # no progress: nothing said on stderr
+    assert "running" not in capsys.readouterr().err
+
+
+def test_the_future_lens_continuations_bar_counts_to_what_can_be_drawn(tiny_llama, monkeypatch):
+    from patchscopes.lenses import future
+
+    totals = []
+
+    class Bar:
+        def __init__(self, *args, total=None, **kwargs):
+            totals.append(total)
+            self.n = 0
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            totals.append(("ended at", self.n))
+
+    monkeypatch.setattr(future, "tqdm", Bar)
+    docs = ["The cat sat on the mat and looked at the door for a long time."] * 3
+    data = future.sample_future_positions(tiny_llama, docs, samples=500, max_offset=1, max_tokens=16,
+                                          min_context=2, progress=True)
+    assert len(data) < 500
+    assert totals[0] < 500 and totals[-1] == ("ended at", len(data))
+    assert totals[0] == len(data)  # every window gave its sample: the bar ended full, not short

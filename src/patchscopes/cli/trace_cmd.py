@@ -15,11 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from patchscopes.cli import options as opt
-from patchscopes.cli.app import app, console, write_json, wrote
+from patchscopes.cli.app import app, console, err_console, write_json, wrote
 from patchscopes.errors import PatchscopesError, check_text
-from patchscopes.experiments.causal_tracing import KINDS, NOISE_KINDS, TOKEN_RANGES, causal_trace
+from patchscopes.experiments.causal_tracing import KINDS, NOISE_KINDS, TOKEN_RANGES, causal_trace, traced_positions
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.plots import save_figure
+from patchscopes.scope import token_span
 from patchscopes.specs import looks_numeric, parse_indices
 
 
@@ -52,6 +53,21 @@ def parse_token_range(text: str) -> str | tuple[int, ...] | None:
         raise PatchscopesError(f"unknown --token-range {text!r}",
                                hint="use all, subject_last or comma-separated positions such as 0,-1")
     return parse_indices(text, what="token-range")
+
+
+def trace_cost(lm, prompt: str, subject: str, token_range, noise_samples: int) -> str:
+    """What a trace runs, said before it starts: each noise sample is one corrupted run and one restoring patch
+    per traced position and layer (besides one clean run)."""
+    ids = lm.encode(prompt)
+    traced = traced_positions(token_range, token_span(lm, prompt, ids, subject.strip(), "the subject"), len(ids))
+    patches = noise_samples * (len(traced) * lm.num_layers + 1)
+    cut = " (fewer: --noise-samples, --token-range subject_last)" if noise_samples > 1 or len(traced) > 1 else ""
+
+    def count(n: int, what: str) -> str:
+        return f"{n:,} {what}" if n == 1 else f"{n:,} {what}s"
+
+    return (f"causal trace: {count(noise_samples, 'noise sample')} × ({count(len(traced), 'position')} × "
+            f"{count(lm.num_layers, 'layer')} + 1 corrupted run) = {patches:,} patches, and 1 clean run{cut}")
 
 
 def write_outputs(records: list[dict], figure: Callable[[], object], json_path: Path | None,
@@ -134,6 +150,7 @@ def trace_command(
     positions = parse_token_range(token_range)
     opt.check_output_paths(json_path, plot)
     lm = runtime.load(model)
+    err_console.print(Text(trace_cost(lm, prompt, subject, positions, noise_samples), style="dim"), soft_wrap=True)
     trace = causal_trace(lm, prompt, subject, answer=answer, kind=kind, window=window,  # type: ignore[arg-type]
                          noise_samples=noise_samples, noise_scale=noise_scale, seed=seed,
                          noise_kind=noise_kind, replace=replace, token_range=positions,  # type: ignore[arg-type]

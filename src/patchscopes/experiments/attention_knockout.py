@@ -140,8 +140,8 @@ def attention_knockout(
         p = result.readings.answer_probs[0]
         records.append({
             "layer": start, "layers": list(layers), "blocked": name, "window": window,
-            "prediction": model.token_strings([prediction_id])[0], "p_original": p_original, "p_knocked": p,
+            "prediction": model.token_labels([prediction_id])[0], "p_original": p_original, "p_knocked": p,
             "relative_change": (p - p_original) / p_original if p_original > 0 else float("nan"),
         })
-    return KnockoutResult(prompt, model.token_strings(ids), span, model.token_strings([prediction_id])[0],
+    return KnockoutResult(prompt, model.token_labels(ids), span, model.token_labels([prediction_id])[0],
                           int(prediction_id), float(p_original), window, records)

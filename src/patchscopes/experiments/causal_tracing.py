@@ -316,7 +316,7 @@ def causal_trace(
     p_corrupted = float(probs[:, 0].mean())
     restored = probs[:, 1:].mean(axis=0).reshape(len(positions), n_layers)
     return CausalTrace(
-        prompt=prompt, tokens=model.token_strings(ids), subject=span, answer=model.token_strings([answer_id])[0],
+        prompt=prompt, tokens=model.token_labels(ids), subject=span, answer=model.token_labels([answer_id])[0],
         answer_id=int(answer_id), kind=kind, window=window, noise_scale=scale, noise_samples=noise_samples,
         p_clean=float(p_clean), p_corrupted=p_corrupted, p_restored=restored, positions=positions,
         noise_kind=noise_kind, replace=bool(replace), seed=used_seed,

@@ -117,7 +117,9 @@ def sample_future_positions(
     order = torch.randperm(len(windows), generator=g).tolist()
     out = FutureSamples([], [], [], [])
     need = max_offset + 1
-    bar = tqdm(total=samples, desc="continuations", unit="sample", disable=not progress)
+    # Each window gives at most one sample: with fewer windows than samples, the bar counts to the windows (a
+    # total of ``samples`` would estimate the time of samples that cannot be drawn, then stop short at once).
+    bar = tqdm(total=min(samples, len(windows)), desc="continuations", unit="sample", disable=not progress)
     try:
         for first in range(0, len(order), 4 * batch_size):
             chunk = [windows[i] for i in order[first: first + 4 * batch_size]]
