@@ -160,3 +160,22 @@ def test_a_shard_without_its_header_in_a_new_run_dir_is_redone(tmp_path, tiny_ll
     shard.write_text(shard.read_text(encoding="utf-8").partition("\n")[2], encoding="utf-8")
     _, redone, reports = resume(scopes, tiny_llama, folder)
     assert redone == 1 and "header" in str(reports[0].message)
+
+
+def test_the_cli_reports_a_damaged_shard_in_one_line_and_writes_the_uninterrupted_output(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from patchscopes.cli import app
+
+    env = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = ["inspect", "Hi you", "--model", tiny_dir, "--run-dir", str(tmp_path / "run")]
+    first = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "a.json")], env=env)
+    assert first.exit_code == 0, first.output
+    (shard,) = (tmp_path / "run" / "shards").glob("*.jsonl")
+    shard.write_text(edit_a_value(shard.read_text(encoding="utf-8")), encoding="utf-8")
+    again = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "b.json")], env=env)
+    assert again.exit_code == 0, again.output
+    warned = [line for line in again.output.splitlines() if "corrupt shard" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and "running it again" in warned[0]
+    assert "Traceback" not in again.output and "warnings.warn" not in again.output
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()

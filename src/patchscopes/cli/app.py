@@ -23,6 +23,7 @@ import click
 import typer
 from rich.console import Console
 from rich.text import Text
+from tqdm.auto import tqdm
 from typer.core import TyperCommand
 
 from patchscopes.data.text import DATA_DOCS_HINT
@@ -166,7 +167,9 @@ def one_line_warnings() -> Iterator[None]:
     """Show warnings (a corrupt shard redone, the reference engine taking over) as one ``warning:`` line each."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        err_console.print(Text.assemble(("warning: ", "bold yellow"), str(message)), highlight=False, soft_wrap=True)
+        with tqdm.external_write_mode(file=sys.stderr):  # on a line of its own, not after a progress bar
+            err_console.print(Text.assemble(("warning: ", "bold yellow"), str(message)), highlight=False,
+                              soft_wrap=True)
 
     shown = warnings.showwarning
     warnings.showwarning = show

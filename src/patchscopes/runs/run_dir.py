@@ -164,7 +164,7 @@ class RunDir:
             if not isinstance(header, dict) or not isinstance(header.get("records"), int):
                 raise CorruptShard("its header line is malformed")
             if hashlib.sha256(body.encode("utf-8")).hexdigest() != header.get("sha256"):
-                raise CorruptShard("its records do not match their checksum (cut, edited or rewritten)")
+                raise CorruptShard("its records do not match their checksum: cut, edited or rewritten")
             tensors_sum = header.get("tensors_sha256")
         lines = body.splitlines()
         records = [_json_line(line, k + (1 if header is None else 2)) for k, line in enumerate(lines) if line]
