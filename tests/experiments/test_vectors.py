@@ -90,6 +90,18 @@ def test_frame_columns_and_choice(tiny_llama):
     assert set(fixed[fixed["chosen"]]["scale"]) == {5.0}
 
 
+def test_without_signals_the_scale_is_given(tiny_llama):
+    v = unit_rows(2, tiny_llama.hidden_size)
+    full = ps.describe_vectors(tiny_llama, v, layer=0, scales=[2, 6], max_new_tokens=3, select=6)
+    bare = ps.describe_vectors(tiny_llama, v, layer=0, scales=[2, 6], max_new_tokens=3, select=6, signals=False)
+    assert list(bare["text"]) == list(full["text"]) and list(bare["chosen"]) == list(full["chosen"])
+    assert bare["self_similarity"].isna().all() and bare["entropy"].isna().all()
+    with pytest.raises(PatchscopesError, match="needs the selection signals"):
+        ps.describe_vectors(tiny_llama, v, layer=0, signals=False)
+    with pytest.raises(PatchscopesError, match="select must be 'auto' or a scale"):
+        ps.describe_vectors(tiny_llama, v, layer=0, select="best")
+
+
 def test_choose_scales_prefers_kept_direction_and_low_entropy():
     sims = torch.tensor([[0.1, 0.5, 0.9, 0.95], [0.2, 0.2, 0.2, 0.2], [0.3, 0.3, 0.3, 0.3]])
     ents = torch.tensor([[3.0, 1.0, 1.5, 5.0], [4.0, 2.0, 1.0, 3.0], [2.0, 2.0, 2.0, 2.0000001]])

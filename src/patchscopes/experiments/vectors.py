@@ -240,6 +240,7 @@ def describe_vectors(
     stop: Sequence[str] = (),
     select: str | float = "auto",
     signal_layer: int | None = None,
+    signals: bool = True,
     top_k: int = 5,
     key: str | None = None,
     options: RunOptions | None = None,
@@ -264,6 +265,8 @@ def describe_vectors(
         stop: Strings that end a generation (e.g. ``('"',)`` to keep the quoted explanation only).
         select: ``"auto"`` (the signals choose per vector) or a number: the scale nearest it for every vector.
         signal_layer: The layer of the self-similarity signal (default: the last).
+        signals: Measure the two signals (a second, prefill-only pass); without them (``NaN`` in the frame) the
+            scale must be chosen by ``select=`` a number.
         top_k: Tokens of the logit-lens reading.
         key: The tensor to take from a file that holds several.
         options: How the patches run (:class:`~patchscopes.runs.RunOptions`: engine, budget, progress, executor,
@@ -290,6 +293,15 @@ def describe_vectors(
         layer = model.check_layer(layer, "layer")
     if max_new_tokens < 1:
         raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}", hint="e.g. 16")
+    target = None
+    if select != "auto":
+        try:
+            target = float(select)
+        except (TypeError, ValueError) as err:
+            raise PatchscopesError(f"select must be 'auto' or a scale, got {select!r}",
+                                   hint="'auto' lets the signals choose; a number picks the nearest scale") from err
+    elif not signals:
+        raise PatchscopesError("select='auto' needs the selection signals", hint="pass signals=True or select=SCALE")
     where = explanation_prompt(model, prompt)
     norms = chosen_rows.norm(dim=1)
     directions = chosen_rows / norms[:, None]
@@ -302,15 +314,13 @@ def describe_vectors(
         Write(name, p, directions[i] * float(s)) for p in where.positions)), readout)
         for i in range(n) for s in grid]
     results = run(scopes, model, **options.run_kwargs())
-    sims, ents = selection_signals(model, where, layer, directions, scale_matrix, signal_layer)
-    if select == "auto":
+    if signals:
+        sims, ents = selection_signals(model, where, layer, directions, scale_matrix, signal_layer)
+    else:
+        sims = ents = torch.full((n, k), float("nan"))
+    if target is None:
         pick = choose_scales(sims, ents).tolist()
     else:
-        try:
-            target = float(select)
-        except (TypeError, ValueError) as err:
-            raise PatchscopesError(f"select must be 'auto' or a scale, got {select!r}",
-                                   hint="'auto' lets the signals choose; a number picks the nearest scale") from err
         nearest = min(range(k), key=lambda j: abs(grid[j] - target))
         pick = [nearest] * n
     lens = logit_lens_tokens(model, directions, top_k)
