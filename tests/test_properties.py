@@ -19,8 +19,8 @@ from patchscopes import PatchscopesError, parse_spec
 from patchscopes.cli import options as opt
 from patchscopes.specs import check_spec, format_spec
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-MODEL = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MODEL = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 PROMPT = "Hi you"
 
 # Text that looks like a spec: digits of several scripts, signs, separators, spaces, a few letters.
@@ -158,6 +158,35 @@ def test_any_patchscope_runs_or_raises_a_patchscopes_error(tiny_llama, src_promp
     assert all(math.isfinite(p) for p in result.top_probs)
 
 
+vectors = st.one_of(st.none(), st.text(max_size=2), st.floats(), st.lists(st.floats(), max_size=3),
+                    st.sampled_from(["nan-vector", "ones-vector"]))
+
+
+def _vector(value):
+    import torch
+
+    return {"nan-vector": torch.full((32,), math.nan), "ones-vector": torch.ones(32)}.get(value, value) \
+        if isinstance(value, str) else value
+
+
+@MODEL
+@given(seed=numbers, knockout_layers=st.one_of(st.integers(-4, 4), st.tuples(layers), st.text(max_size=2)),
+       keys=positions, value=vectors, add=st.one_of(st.booleans(), st.text(max_size=1), st.none()),
+       write_layer=layers, write_pos=positions)
+def test_any_intervention_runs_or_raises_a_patchscopes_error(tiny_llama, seed, knockout_layers, keys, value, add,
+                                                             write_layer, write_pos):
+    try:
+        target = ps.Target(PROMPT, 1, -1, add=add if add is not None else False,
+                           writes=(ps.Write(write_layer, write_pos, _vector(value)),),
+                           noise=ps.EmbeddingNoise("you", seed=seed),
+                           knockout=ps.AttentionKnockout(knockout_layers, keys))
+        [result] = ps.run(ps.Patchscope(ps.Source(PROMPT, 1, -1), target), tiny_llama)
+    except PatchscopesError as err:
+        assert err.message
+        return
+    assert all(math.isfinite(p) for p in result.top_probs)
+
+
 @MODEL
 @given(layers=any_text, positions=st.one_of(any_text, st.lists(st.text(min_size=1, max_size=3), max_size=2)),
        top_k=numbers, target_layers=st.one_of(st.none(), any_text))
@@ -211,7 +240,7 @@ def _cli(args):
     return CliRunner().invoke(app, args, env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(option=st.sampled_from(["--layers", "--positions", "--target-layer", "--top-k", "--max-new-tokens",
                                "--batch-rows", "--threads"]),
        value=st.one_of(spec_like, st.text(max_size=6).filter(lambda t: not t.startswith("-") or t[1:2].isdigit())))

@@ -17,7 +17,15 @@ from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
 from patchscopes.scope import EMBEDDINGS as EMBEDDINGS_NAME
-from patchscopes.scope import AttentionKnockout, EmbeddingNoise, Patchscope, Target, resolve_position, token_span
+from patchscopes.scope import (
+    AttentionKnockout,
+    EmbeddingNoise,
+    Patchscope,
+    Target,
+    Write,
+    resolve_position,
+    token_span,
+)
 from patchscopes.soft_prompt import SoftPrompt
 
 
@@ -182,12 +190,19 @@ def _interventions(model: LanguageModel, target: Target, ids: list[int], resolve
     Scopes sharing one :class:`EmbeddingNoise` object on one prompt share one resolved noise, so the
     batched engine runs their common corrupted run once."""
     writes, changed = [], []
+    if not isinstance(target.add, bool):
+        raise PatchscopesError(f"Target(add=...) must be True or False, got {target.add!r}")
+    if not isinstance(target.writes, (tuple, list)) or not all(isinstance(w, Write) for w in target.writes):
+        raise PatchscopesError(f"Target(writes=...) must be a tuple of Write, got {target.writes!r}",
+                               hint="e.g. writes=(Write(layer=3, position=-1, value=v),)")
     for k, w in enumerate(target.writes):
         layer = _layer(model, w.layer, w.site, f"layer of write {k}")
         pos = resolve_position(model, target.prompt, ids, w.position, f"position of write {k}")
+        if not isinstance(w.add, bool):
+            raise PatchscopesError(f"write {k}: add must be True or False, got {w.add!r}")
         value = w.value
         if value is not None:
-            value = torch.as_tensor(value).detach()
+            value = _as_vector(value, f"the value of write {k}")
             if value.shape != (model.hidden_size,):
                 raise PatchscopesError(f"write {k} has a value of shape {tuple(value.shape)}, "
                                        f"not ({model.hidden_size},)")
@@ -207,6 +222,18 @@ def _interventions(model: LanguageModel, target: Target, ids: list[int], resolve
     return {"writes": tuple(writes), "noise": noise, "knockout": knockout, "changed": changed}
 
 
+def _as_vector(value: object, what: str) -> torch.Tensor:
+    """``value`` as a finite tensor (detached), or a :class:`PatchscopesError` naming ``what``."""
+    try:
+        tensor = torch.as_tensor(value).detach()
+    except (TypeError, ValueError, RuntimeError):
+        raise PatchscopesError(f"{what} must be a tensor of numbers, got {type(value).__name__}") from None
+    if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+        raise PatchscopesError(f"{what} must hold finite floating-point numbers (no NaN or inf)",
+                               hint="give a float tensor of the model's width")
+    return tensor
+
+
 def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: EmbeddingNoise) -> Noise:
     """The noise's token positions and vectors (drawn from its seed unless given), added or replacing."""
     positions = token_span(model, prompt, ids, noise.positions, "noise position")
@@ -224,6 +251,7 @@ def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: Embedding
                 and math.isfinite(noise.scale) and noise.scale >= 0):
             raise PatchscopesError(f"the noise scale must be a finite number, at least 0, got {noise.scale!r}",
                                    hint="e.g. EmbeddingNoise(..., scale=0.1)")
+        check_integer(noise.seed, "the noise seed")
         generator = torch.Generator().manual_seed(int(noise.seed))
         values = torch.randn((len(positions), model.hidden_size), generator=generator) * noise.scale
     return Noise(positions, values, replace=bool(noise.replace))
@@ -231,6 +259,9 @@ def resolve_noise(model: LanguageModel, prompt, ids: list[int], noise: Embedding
 
 def resolve_knockout(model: LanguageModel, prompt, ids: list[int], knockout: AttentionKnockout) -> Knockout:
     """The knockout's layers, query and key positions resolved."""
+    if not isinstance(knockout.layers, (tuple, list, range)):
+        raise PatchscopesError(f"the knockout's layers must be a tuple of layer indices, got {knockout.layers!r}",
+                               hint="e.g. AttentionKnockout(layers=(3, 4, 5), keys='Eiffel')")
     if not knockout.layers:
         raise PatchscopesError("the knockout has no layers", hint="give at least one layer")
     layers = tuple(sorted({model.check_layer(layer, "knockout layer") for layer in knockout.layers}))
