@@ -27,7 +27,6 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -360,11 +359,6 @@ def scale_grid(model: LanguageModel, prompt: ExplanationPrompt, layer: int | str
     return grid
 
 
-def chosen(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per vector: its chosen scale's row of :func:`describe_vectors`'s frame."""
-    return df[df["chosen"]].reset_index(drop=True)
-
-
 def vectors_html(df: pd.DataFrame, title: str = "Vectors described") -> str:
     """A standalone HTML page of :func:`describe_vectors`'s frame: per feature, its logit-lens reading and a table
     of the text at each scale with both signals, the chosen scale marked (★, highlighted)."""
@@ -394,10 +388,3 @@ def vectors_html(df: pd.DataFrame, title: str = "Vectors described") -> str:
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def describe_summary(df: pd.DataFrame) -> dict[str, Any]:
-    """Counts of a described frame: vectors, scales per vector, and how often each scale was chosen."""
-    picked = chosen(df)
-    return {"vectors": int(df["feature"].nunique()), "scales": int(df.groupby("feature").size().max()),
-            "chosen_scales": {float(s): int(c) for s, c in picked["chosen_scale"].value_counts().sort_index().items()}}
