@@ -11,6 +11,7 @@ import torch
 
 import patchscopes as ps
 from patchscopes import PatchscopesError
+from patchscopes.errors import check_text, read_text_file
 from patchscopes.experiments.causal_tracing import causal_trace
 from patchscopes.storage import read_safetensors, write_safetensors
 
@@ -133,3 +134,60 @@ def test_an_lre_file_with_nan_is_refused(tmp_path, weight, beta, message):
     path = lre.save(tmp_path / "lre.safetensors")
     with pytest.raises(PatchscopesError, match=message):
         ps.LinearRelation.load(path)
+
+
+# -- prompts that are not text, files that are not UTF-8 -----------------------------------------------------------
+NOT_UTF8 = b"Caf\xe9".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(("where", "text", "message"), [
+    ("source", "a\ud800b", "the source prompt 'a\\\\ud800b' holds a lone surrogate '\\\\ud800' at character 1"),
+    ("target", "x\udfff", "the target prompt 'x\\\\udfff' holds a lone surrogate"),
+    ("source", NOT_UTF8, "the source prompt 'Caf\\\\xe9' has a byte that is not UTF-8 \\(0xE9, at character 3\\)"),
+    ("answer", "\ud800", "the answer"),
+    ("soft", "\ud800", "the soft prompt's text after the vectors"),
+])
+def test_text_that_is_not_unicode_is_refused_naming_it(tiny_llama, where, text, message):
+    source = ps.Source(text if where == "source" else PROMPT, 1, -1)
+    prompt = ps.SoftPrompt(torch.ones(1, tiny_llama.hidden_size), "a", text) if where == "soft" else (
+        text if where == "target" else PROMPT)
+    readout = ps.AnswerProbs(answers=(text,)) if where == "answer" else ps.NextToken()
+    target = ps.Target((1, 2, 3) if where == "answer" else prompt, 0 if where == "soft" else 1, -1)
+    scope = ps.Patchscope(None if where == "soft" else source, target, readout)
+    with pytest.raises(PatchscopesError, match=message) as info:
+        ps.run(scope, tiny_llama)
+    assert info.value.hint
+
+
+def test_a_sweep_refuses_a_prompt_with_a_lone_surrogate(tiny_llama):
+    with pytest.raises(PatchscopesError, match="lone surrogate"):
+        ps.sweep(tiny_llama, "Hi \ud800", layers="0", positions="-1")
+
+
+def test_check_text_passes_valid_text():
+    for text in ("", "東京は日本の首都です", "emoji 😀", "a\u00e9"):
+        assert check_text(text) == text
+
+
+def test_read_text_file_names_the_file_byte_and_line(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"line one\nline tw\xff\n")
+    with pytest.raises(PatchscopesError, match=r"the notes .*notes\.txt is not UTF-8 text: byte 16 \(0xFF, line 2\)"):
+        read_text_file(path, "the notes")
+    path.write_bytes(b"\xef\xbb\xbfwith a BOM")
+    assert read_text_file(path) == "with a BOM"
+    with pytest.raises(PatchscopesError, match="could not read the file"):
+        read_text_file(tmp_path / "missing.txt")
+
+
+def test_text_and_relation_files_are_read_as_utf8(tmp_path):
+    from patchscopes.data.text import read_documents
+
+    bad = tmp_path / "doc.txt"
+    bad.write_bytes(b"ok\n\nna\xefve\n")
+    with pytest.raises(PatchscopesError, match=r"the text file .*doc\.txt is not UTF-8 text: byte 6 \(0xEF, line 3\)"):
+        read_documents([bad])
+    rel = tmp_path / "rel.json"
+    rel.write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(PatchscopesError, match=r"the relation file .*rel\.json is not UTF-8 text: byte 13"):
+        ps.load_relation(rel)

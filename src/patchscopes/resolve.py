@@ -12,7 +12,7 @@ from patchscopes.engine import AnswerProbs, Generate, Job, NextToken, Readings
 from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise, Read, SoftInput
 from patchscopes.engine.interventions import Write as EngineWrite
 from patchscopes.engine.readouts import check_integer
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult
@@ -47,7 +47,7 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             raise PatchscopesError(f"the {what} is empty", hint=f"give a non-empty {what}")
         key = (id(m), prompt)
         if key not in encoded:
-            encoded[key] = m.encode(prompt)
+            encoded[key] = m.encode(check_text(prompt, what))
             if not encoded[key]:
                 raise PatchscopesError(f"the {what} {prompt!r} has no tokens")
             m.check_length(len(encoded[key]), what)
@@ -285,7 +285,7 @@ def answer_token(model: LanguageModel, prompt, ids: list[int], answer: str | int
         full = model.encode(prompt + answer)
         if full[: len(ids)] == list(ids) and len(full) > len(ids):
             return full[len(ids)]
-    alone = list(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    alone = list(model.tokenizer(check_text(answer, "answer"), add_special_tokens=False)["input_ids"])
     if not alone:
         raise PatchscopesError(f"the answer {answer!r} has no tokens")
     return alone[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_text
 from patchscopes.models import LanguageModel
 from patchscopes.models.identity import check_model_identity, model_identity
 from patchscopes.storage import read_safetensors, write_safetensors
@@ -64,7 +64,8 @@ class SoftPrompt:
         """The token ids before and after the vectors, for ``model``."""
         before = model.encode(self.before) if isinstance(self.before, str) else [int(t) for t in self.before]
         if isinstance(self.after, str):
-            after = list(model.tokenizer(self.after, add_special_tokens=False)["input_ids"]) if self.after else []
+            after = (list(model.tokenizer(check_text(self.after, "soft prompt's text after the vectors"),
+                                          add_special_tokens=False)["input_ids"]) if self.after else [])
         else:
             after = [int(t) for t in self.after]
         return before, after
