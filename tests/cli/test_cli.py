@@ -362,3 +362,13 @@ def test_inspect_smollm2_json_and_html(tmp_path):
     assert not re.search(r"<script[^>]*\bsrc=[\"']?https?://", html)
     assert "cdn.plot.ly/plotly" not in html  # plotly.js is inlined, not fetched
     assert "␣Paris" in result.stdout
+
+
+@pytest.mark.parametrize(("positions", "expected"), [("you", [6]), ("Hi,you", [2, 6]), ("Hi, you", [2, 6])])
+def test_inspect_positions_as_words_of_the_prompt(tiny_dir, tmp_path, positions, expected):
+    """`--positions you` reads the last token of `you`, as `Source(position="you")` does (byte tokens after <bos>)."""
+    path = tmp_path / "r.json"
+    result = invoke("inspect", PROMPT, "--model", tiny_dir, "--layers", "1", "--positions", positions,
+                    "--json", str(path))
+    assert result.exit_code == 0, result.output
+    assert sorted(r["source_position"] for r in json.loads(path.read_text())) == expected
