@@ -94,7 +94,8 @@ def test_results_come_back_in_input_order(tiny_llama):
 
 def test_mixed_readouts_and_duplicates_in_one_group(tiny_llama, assert_same):
     """Rows sharing a target differ in top_k and full_logits; a scope given twice gives the same result twice."""
-    readouts = [NextToken(top_k=3, full_logits=True), NextToken(top_k=5), NextToken(top_k=tiny_llama.vocab_size, full_logits=True)]
+    readouts = [NextToken(top_k=3, full_logits=True), NextToken(top_k=5),
+                NextToken(top_k=tiny_llama.vocab_size, full_logits=True)]
     scopes = [Patchscope(Source("Paris", 1), Target(CUSTOM_TARGET, 1, "x"), r) for r in readouts]
     scopes.append(scopes[0])
     batched, reference = ps.run(scopes, tiny_llama), ps.run(scopes, tiny_llama, engine="reference")
