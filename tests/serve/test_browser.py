@@ -186,3 +186,23 @@ def test_bad_input_is_explained_on_the_page(page, explorer):
     page.wait_for_selector("#error:not([hidden])")
     assert "layer 99 is out of range" in page.inner_text("#error")
     assert page.locator("#grid").get_attribute("data-state") == "error"
+
+
+def test_describe_a_pasted_vector_in_the_browser(page, explorer, smollm2):
+    """A person pastes the unembedding row of " Paris", writes it at the embeddings at one scale, and reads the
+    model's explanation, the chosen scale marked."""
+    token = smollm2.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    row = smollm2.arch.unembed.weight[token].detach().float()
+    page.goto(explorer)
+    page.fill("#vector-text", " ".join(f"{x:.6f}" for x in row.tolist()))
+    page.fill("#vector-layer", "embeddings")
+    page.fill("#vector-scales", "2.5")
+    page.fill("#vector-tokens", "6")
+    page.click("#vector-run")
+    page.wait_for_selector("#vector-output[data-state=done]", timeout=90_000)
+    chosen = page.inner_text("#vector-output tr.chosen")
+    assert "Paris" in chosen and "★" in chosen
+    page.fill("#vector-text", "1 2 3")  # the wrong width: the message and its hint, not a crash
+    page.click("#vector-run")
+    page.wait_for_selector("#vector-output[data-state=error]", timeout=30_000)
+    assert "width" in page.inner_text("#vector-output")
