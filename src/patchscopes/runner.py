@@ -95,7 +95,7 @@ def run(
     readings: list[Readings | None] = [None] * len(jobs)
     if jobs:  # the cost, said before the work starts
         baselines = f" and {len(jobs) - n_patches:,} unpatched baseline runs" if baseline else ""
-        announce(f"running {n_patches:,} patches{baselines} ({engine} engine)", progress)
+        announce(f"running {n_patches:,} patch{'' if n_patches == 1 else 'es'}{baselines} ({engine} engine)", progress)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
         todo = []
