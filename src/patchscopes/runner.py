@@ -94,8 +94,10 @@ def run(
                          models=models, data=[shard.key for shard in shards])
     readings: list[Readings | None] = [None] * len(jobs)
     if jobs:  # the cost, said before the work starts
-        baselines = f" and {len(jobs) - n_patches:,} unpatched baseline runs" if baseline else ""
-        announce(f"running {n_patches:,} patch{'' if n_patches == 1 else 'es'}{baselines} ({engine} engine)", progress)
+        n_base = len(jobs) - n_patches
+        baselines = f" and {n_base:,} unpatched baseline run{'' if n_base == 1 else 's'}" if baseline else ""
+        how = "reference engine: one forward each" if engine == "reference" else "batched engine"
+        announce(f"running {n_patches:,} patch{'' if n_patches == 1 else 'es'}{baselines} ({how})", progress)
     bar = tqdm(total=len(jobs), desc="patching", unit="patch", disable=not progress or not jobs)
     try:
         todo = []

@@ -203,6 +203,9 @@ def test_run_says_its_patches_and_a_resumed_run_the_shards_it_reused(tiny_llama,
     assert [r.top_token for r in again] == [r.top_token for r in first]
     ps.run(scopes, tiny_llama)  # no progress: nothing said on stderr
     assert "running" not in capsys.readouterr().err
+    ps.run(scopes[:1], tiny_llama, engine="reference", baseline=True, progress=True)
+    assert "running 1 patch and 1 unpatched baseline run (reference engine: one forward each)" in \
+        capsys.readouterr().err
 
 
 def test_the_future_lens_continuations_bar_counts_to_what_can_be_drawn(tiny_llama, monkeypatch):
