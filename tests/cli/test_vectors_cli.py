@@ -70,6 +70,18 @@ def test_bad_options_exit_2(tiny_dir, tmp_path):
     assert_exit_2(invoke("describe-vectors", path, "--model", tiny_dir), "no layer")
     assert_exit_2(invoke("describe-vectors", tmp_path / "none.pt", "--layer", "0"), "no vector file")
     assert_exit_2(invoke("describe-vectors", path, "--layer", "0", "--prompt", "poem"), "--prompt")
+    assert_exit_2(invoke("describe-vectors", path, "--layer", "0", "--no-signals"), "--no-signals needs a fixed scale")
+
+
+def test_no_signals_with_a_fixed_scale(tiny_dir, tmp_path):
+    path = vector_file(tmp_path, torch.randn(2, WIDTH))
+    out = tmp_path / "out.json"
+    result = invoke("describe-vectors", path, "--model", tiny_dir, "--layer", "embeddings", "--scales", "1,3",
+                    "--select", "3", "--no-signals", "--max-new-tokens", "2", "--json", out)
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    assert [r["scale"] for r in records if r["chosen"]] == [3.0, 3.0]
+    assert all(r["entropy"] != r["entropy"] for r in records)  # NaN: not measured
 
 
 def test_sae_folder_missing_a_tensor_exit_2(tmp_path):

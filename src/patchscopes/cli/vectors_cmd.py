@@ -70,6 +70,10 @@ def describe_vectors_command(
                                         "scale for every vector.")] = "auto",
     key: Annotated[str | None, typer.Option("--key", metavar="NAME", help="The tensor to take from a file that "
                                             "holds several.")] = None,
+    signal_layer: Annotated[int | None, typer.Option("--signal-layer", metavar="L", help="The layer of the "
+                                                     "self-similarity signal. [default: the last]")] = None,
+    signals: Annotated[bool, typer.Option("--signals/--no-signals", help="Measure the two signals (a second, "
+                                          "prefill-only pass); without, give --select X.")] = True,
     max_new_tokens: opt.max_new_tokens_option() = 16,
     model: opt.ModelOption = DEFAULT_MODEL,
     json_path: opt.json_option("one record per (vector, scale)") = None,
@@ -102,6 +106,8 @@ def describe_vectors_command(
         except ValueError:
             raise PatchscopesError(f"--select {select!r} is neither 'auto' nor a number",
                                    hint="e.g. --select auto or --select 8") from None
+    elif not signals:
+        raise PatchscopesError("--no-signals needs a fixed scale", hint="add --select X (the scale nearest X)")
     for out, option, suffixes in ((json_path, "--json", (".json",)), (csv_path, "--csv", (".csv",)),
                                   (html_path, "--html", (".html", ".htm"))):
         if out is not None and out.suffix.lower() not in suffixes:
@@ -115,7 +121,8 @@ def describe_vectors_command(
     select_vectors(lm, vectors, None if features in (None, "all") else features)  # width, NaN, range: exit 2
     df = describe_vectors(lm, vectors, layer=chosen_layer, scales=grid, prompt=prompt,
                           features=None if features in (None, "all") else features, max_new_tokens=max_new_tokens,
-                          select=pick, options=RunOptions(engine=runtime.engine, progress=True))  # type: ignore[arg-type]
+                          select=pick, signal_layer=signal_layer, signals=signals,
+                          options=RunOptions(engine=runtime.engine, progress=True))  # type: ignore[arg-type]
     console.print(table(df, lm.name))
     if json_path is not None:
         json_path.write_text(json.dumps(df.to_dict(orient="records"), indent=1, ensure_ascii=False),
