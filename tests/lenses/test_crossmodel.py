@@ -248,11 +248,14 @@ def test_cross_model_samples(cmap, tiny_llama, bpe_wide):
     patched = ps.run(ps.Patchscope(ps.Source(a_ids, 2, -1), ps.Target(b_ids, 2, -1, mapping=cmap.mapping(2, 2),
                                                                        model=bpe_wide)), tiny_llama,
                      engine="reference")[0]
-    assert row["source_token"] == final.top_token and row["predicted_token"] == patched.top_token
-    assert row["correct"] == (final.top_token == patched.top_token)
+    # the experiment compares decoded texts (token_strings), not the readable labels of results' top_tokens
+    final_text = tiny_llama.token_strings([final.readings.top_token_ids[0]])[0]
+    patched_text = bpe_wide.token_strings([patched.readings.top_token_ids[0]])[0]
+    assert row["source_token"] == final_text and row["predicted_token"] == patched_text
+    assert row["correct"] == (final_text == patched_text)
     logprobs = torch.log_softmax(final.logits.float(), -1)
-    assert row["surprisal"] == pytest.approx(text_surprisal(tiny_llama, logprobs, patched.top_token), abs=1e-4)
-    first = tiny_llama.tokenizer(patched.top_token, add_special_tokens=False)["input_ids"][0]
+    assert row["surprisal"] == pytest.approx(text_surprisal(tiny_llama, logprobs, patched_text), abs=1e-4)
+    first = tiny_llama.tokenizer(patched_text, add_special_tokens=False)["input_ids"][0]
     assert row["surprisal"] == pytest.approx(float(-logprobs[first]), abs=1e-4)
     assert math.isnan(text_surprisal(tiny_llama, logprobs, ""))
     own_row = own[own["sample"] == row["sample"]].iloc[0]
@@ -260,7 +263,7 @@ def test_cross_model_samples(cmap, tiny_llama, bpe_wide):
     assert own["same_as_target_own"].all()
     unpatched = ps.run(ps.Patchscope(ps.Source(b_ids, 2, -1), ps.Target(b_ids, 2, -1)), bpe_wide,
                        engine="reference")[0]
-    assert own_row["predicted_token"] == unpatched.top_token
+    assert own_row["predicted_token"] == bpe_wide.token_strings([unpatched.readings.top_token_ids[0]])[0]
     # Token identity compares ids of the same model.
     ti = frame[frame["method"] == "token-identity"]
     assert ti["same_as_target_own"].isna().all()
