@@ -91,6 +91,15 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
             texts[key] = m.decode(prompt)
         return texts[key]
 
+    tuples: dict[int, tuple[int, ...]] = {}
+
+    def shared(ids: list[int]) -> tuple[int, ...]:
+        """One tuple per encoded prompt, shared by all its jobs: a sweep of 15,000 patches over a 600-token
+        prompt held a copy per job (72 MB)."""
+        if id(ids) not in tuples:
+            tuples[id(ids)] = tuple(ids)
+        return tuples[id(ids)]
+
     jobs = []
     for index, scope in enumerate(scopes):
         if not isinstance(scope, Patchscope):
@@ -159,13 +168,13 @@ def resolve_jobs(scopes: Sequence[Patchscope], model: LanguageModel | None) -> l
         interventions = [item for item in (embeds, extras["noise"]) if item is not None]
         source = None
         if src is not None:
-            source = Read(src_model, tuple(src_ids), src_layer, src_pos, src.site)
+            source = Read(src_model, shared(src_ids), src_layer, src_pos, src.site)
             interventions.append(EngineWrite(tgt_layer, tgt_pos, None, tgt.site, tgt.add))
         interventions += extras["writes"]
         if extras["knockout"] is not None:
             interventions.append(extras["knockout"])
         jobs.append(
-            Job(index, tgt_model, tuple(tgt_ids), tuple(interventions), readout, readout_pos, source=source,
+            Job(index, tgt_model, shared(tgt_ids), tuple(interventions), readout, readout_pos, source=source,
                 mapping=mapping, answer_ids=answer_ids,
                 source_text=None if src is None else text(src_model, src.prompt),
                 target_text=repr(tgt.prompt) if embeds is not None else text(tgt_model, tgt.prompt))

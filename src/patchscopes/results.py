@@ -125,7 +125,8 @@ def save_results(frame: pd.DataFrame, path: str | Path) -> Path:
 def _write_results(frame: pd.DataFrame, path: Path, suffix: str) -> None:
     """Write ``frame`` to ``path`` (a temporary file of :func:`save_results`) in the format of ``suffix``."""
     if suffix == ".json":
-        path.write_text(json.dumps(to_records(frame), indent=1, ensure_ascii=False))
+        with path.open("w", encoding="utf-8") as handle:  # streamed: json.dumps with indent holds every piece
+            json.dump(to_records(frame), handle, indent=1, ensure_ascii=False)
     elif suffix == ".csv":
         out = _layers_as_text(frame)
         for col in out.columns:

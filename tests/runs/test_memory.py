@@ -137,3 +137,24 @@ def test_a_bound_the_results_alone_exceed_is_refused_before_running(tiny_dir, mo
 def test_a_bad_max_memory_is_refused_before_the_model_loads():
     result = runner.invoke(app, ["inspect", "Hi", "--model", "/nonexistent", "--max-memory", "2XB"], env=ENV)
     assert result.exit_code == 2 and "--max-memory '2XB' is not a size" in result.output
+
+
+def test_the_jobs_of_one_prompt_share_its_token_ids(tiny_llama):
+    scopes = ps.plan_sweep(tiny_llama, PROMPTS[:1], "token-identity", layers="all", positions="all")
+    jobs = resolve_jobs(scopes, tiny_llama)
+    assert all(j.source.tokens is jobs[0].source.tokens and j.tokens is jobs[0].tokens for j in jobs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc")
+def test_json_results_are_streamed_to_their_file(tmp_path):
+    import pandas as pd
+
+    rows = 15000
+    prompt = "the quick brown fox jumps over the lazy dog " * 70  # 3 KB in every record
+    frame = pd.DataFrame({"source_prompt": [prompt] * rows, "source_layer": [k % 30 for k in range(rows)],
+                          "top_tokens": [list("abcdefghij")] * rows, "top_probs": [[0.1] * 10] * rows})
+    peak = peak_rss_above_start(lambda: ps.save_results(frame, tmp_path / "out.json"))
+    size = (tmp_path / "out.json").stat().st_size
+    assert size > 45 * 2**20
+    assert peak < 1.5 * size  # json.dumps(indent=1) held every piece of the text: 177 MiB here for 49 MiB
+    assert json.loads((tmp_path / "out.json").read_text())[0]["source_prompt"] == prompt

@@ -28,7 +28,7 @@ from typer.core import TyperCommand
 
 from patchscopes.data.text import DATA_DOCS_HINT
 from patchscopes.errors import PatchscopesError
-from patchscopes.storage import all_or_nothing, write_output_text
+from patchscopes.storage import all_or_nothing, write_output
 
 
 class Command(TyperCommand):
@@ -201,7 +201,12 @@ def write_json(data, path: Path) -> None:
             else r
             for r in data
         ]
-    write_output_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n", "the JSON")
+    def dump(tmp: Path) -> None:  # streamed to the file: json.dumps with indent holds every piece at once
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, ensure_ascii=False)
+            handle.write("\n")
+
+    write_output(path, dump, "the JSON")
 
 
 def main() -> None:
