@@ -181,3 +181,10 @@ def test_check_writable_creates_nothing(tmp_path):
     check_writable(tmp_path / "new" / "deeper" / "out.json", "--json")
     check_writable(tmp_path / "lens", "--out", folder=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_describe_vectors_checks_its_outputs_before_reading_anything(tmp_path, a_file):
+    result = invoke("describe-vectors", tmp_path / "missing.safetensors", "--model", MISSING_MODEL, "--layer", "0",
+                    "--json", tmp_path / "ok.json", "--csv", a_file / "x.csv")
+    assert_refused(result, "--csv", "is a file, not a folder")
+    assert not (tmp_path / "ok.json").exists()

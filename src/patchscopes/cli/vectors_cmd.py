@@ -20,6 +20,7 @@ from patchscopes.experiments.vectors import describe_vectors, select_vectors, ve
 from patchscopes.models import DEFAULT_MODEL
 from patchscopes.runs import RunOptions
 from patchscopes.specs import check_spec
+from patchscopes.storage import write_output, write_output_text
 from patchscopes.vectors import SAE, load_vectors
 
 PROMPTS = ("self-explanation", "selfie")
@@ -113,6 +114,7 @@ def describe_vectors_command(
         if out is not None and out.suffix.lower() not in suffixes:
             raise PatchscopesError(f"{option} {out} must end in {' or '.join(suffixes)}",
                                    hint=f"e.g. {option} out{suffixes[0]}")
+    opt.check_output_paths(None, None, files={"--json": json_path, "--csv": csv_path, "--html": html_path})
     vectors = load_vectors(path, key=key)  # a bad file is refused before the model loads
     if chosen_layer is None and not (isinstance(vectors, SAE) and vectors.layer is not None):
         raise PatchscopesError("no layer to write the vectors at",
@@ -124,13 +126,13 @@ def describe_vectors_command(
                           select=pick, signal_layer=signal_layer, signals=signals,
                           options=RunOptions(engine=runtime.engine, progress=True))  # type: ignore[arg-type]
     console.print(table(df, lm.name))
-    if json_path is not None:
-        json_path.write_text(json.dumps(df.to_dict(orient="records"), indent=1, ensure_ascii=False),
-                             encoding="utf-8")
+    if json_path is not None:  # atomically, and none of them if one fails (storage.write_output)
+        write_output_text(json_path, json.dumps(df.to_dict(orient="records"), indent=1, ensure_ascii=False),
+                          "the JSON")
     if csv_path is not None:
-        df.to_csv(csv_path, index=False)
+        write_output(csv_path, lambda tmp: df.to_csv(tmp, index=False), "the CSV")
     if html_path is not None:
-        html_path.write_text(vectors_html(df, f"{path.name} on {lm.name}"), encoding="utf-8")
+        write_output_text(html_path, vectors_html(df, f"{path.name} on {lm.name}"), "the page")
     for out in (json_path, csv_path, html_path):
         if out is not None:
             console.print(f"wrote {out}")
