@@ -80,7 +80,7 @@ def test_generate_accepts_a_list_or_a_string_of_stops(tiny_llama):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"stop": [1]}, "stop strings must be strings"),
+    ({"stop": [1]}, "stop must be a string or a list of strings"),
     ({"do_sample": True, "temperature": 0}, "temperature must be positive"),
     ({"do_sample": True, "temperature": -1.0}, "temperature must be positive"),
     ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),

@@ -3,13 +3,15 @@
 Every error a user can cause derives from :class:`PatchscopesError`. Its message says what was wrong and,
 where possible, how to fix it; the command line prints it without a traceback and exits with status 2.
 
-As the one module every tier may import, it also holds the checks of user text they share: :func:`check_text`
-(a prompt that is not valid Unicode text) and :func:`read_text_file` (a file that is not UTF-8, named with the
-byte offset).
+As the one module every tier may import, it also holds the checks of user input they share: :func:`check_text`
+(a prompt that is not valid Unicode text), :func:`read_text_file` (a file that is not UTF-8, named with the
+byte offset), :func:`check_integer` and :func:`check_real` (a whole number, a finite number).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -102,3 +104,16 @@ def read_text_file(path: str | os.PathLike, what: str = "the file") -> str:
         raise PatchscopesError(
             f"{what} {printable(str(path))} is not UTF-8 text: byte {start} (0x{data[start]:02X}, line {line}) "
             f"{err.reason}", hint="save it as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > fixed.txt") from None
+
+
+# -- numbers ----------------------------------------------------------------------------------------------------
+def check_integer(value: object, name: str, hint: str | None = None) -> None:
+    """Refuse a value that is not a whole number (bools and floats included); ``name`` names it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PatchscopesError(f"{name} must be a whole number, got {value!r}", hint=hint)
+
+
+def check_real(value: object, name: str) -> None:
+    """Refuse a value that is not a finite real number; ``name`` names it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise PatchscopesError(f"{name} must be a finite number, got {value!r}")

@@ -11,8 +11,7 @@ import torch
 from patchscopes.engine import AnswerProbs, Generate, Job, NextToken, Readings
 from patchscopes.engine.interventions import EMBEDDINGS, SITES, Knockout, Noise, Read, SoftInput
 from patchscopes.engine.interventions import Write as EngineWrite
-from patchscopes.engine.readouts import check_integer
-from patchscopes.errors import PatchscopesError, check_text
+from patchscopes.errors import PatchscopesError, check_integer, check_text
 from patchscopes.mappings import as_mapping, check_mapping
 from patchscopes.models import LanguageModel
 from patchscopes.results import PatchResult

@@ -139,14 +139,14 @@ def _read(model: LanguageModel, hidden: torch.Tensor, part: Sequence[Job]) -> li
 
 def run_lens(group: Group, values, budget: BatchBudget, progress) -> dict[int, Readings]:
     """Jobs whose write replaces the last block's output where it is read: final norm and unembedding only."""
-    out: dict[int, Readings] = {}
     model = group.jobs[0].model
-    for part in chunks(group.jobs, budget.rows or len(group.jobs)):
+
+    def run(part: Sequence[Job]) -> list[Readings]:
         vectors = torch.stack([w.value for job in part for w in job.filled_writes(values.get(job.index))])
         with torch.no_grad():
-            out.update(zip([j.index for j in part], _read(model, model.final_normed(vectors), part)))
-        _tick(progress, len(part))
-    return out
+            return _read(model, model.final_normed(vectors), part)
+
+    return _in_parts(group.jobs, budget.rows or len(group.jobs), run, progress)
 
 
 def _base_run(model: LanguageModel, job: Job, layers: set[int], first: int):
@@ -244,9 +244,7 @@ def run_staircase(group: Group, values, budget: BatchBudget, progress) -> dict[i
                     use_cache=cache is not None, logits_to_keep=keep)
             return _read(model, hidden[:, -keep], part)
 
-        for part in chunks(members, size):
-            out.update(zip([j.index for j in part], run_with_backoff(run, part)))
-            _tick(progress, len(part))
+        out.update(_in_parts(members, size, run, progress))
     return out
 
 
@@ -330,11 +328,7 @@ def run_rows(group: Group, values, budget: BatchBudget, progress) -> dict[int, R
             reading.generated_text, reading.generated_token_ids = finish_generation(model, tokens, readout)
         return readings
 
-    out: dict[int, Readings] = {}
-    for part in chunks(jobs, size):
-        out.update(zip([j.index for j in part], run_with_backoff(run, part)))
-        _tick(progress, len(part))
-    return out
+    return _in_parts(jobs, size, run, progress)
 
 
 def _continuations(model: LanguageModel, part: Sequence[Job], logits: torch.Tensor, keep: int) -> list[Readings]:
@@ -367,6 +361,11 @@ def relevancy(jobs: Sequence[Job], readings: dict[int, Readings], values, budget
     return scores
 
 
-def _tick(progress, n: int) -> None:
-    if progress is not None:
-        progress.update(n)
+def _in_parts(jobs: Sequence[Job], size: int, run, progress) -> dict[int, Readings]:
+    """``run`` on ``jobs`` in parts of ``size`` rows (with the out-of-memory back-off), by job index."""
+    out: dict[int, Readings] = {}
+    for part in chunks(jobs, size):
+        out.update(zip([j.index for j in part], run_with_backoff(run, part)))
+        if progress is not None:
+            progress.update(len(part))
+    return out

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_integer
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,15 +34,11 @@ class BatchBudget:
 
     def __post_init__(self) -> None:
         for name in ("rows", "tokens", "bytes"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise PatchscopesError(f"the batch budget's {name} must be a whole number, got {value!r}",
-                                       hint=f"e.g. BatchBudget({name}=256), or None for no limit")
-            if value < 1:
-                raise PatchscopesError(f"the batch budget's {name} must be at least 1, got {value}",
-                                       hint=f"e.g. BatchBudget({name}=256), or None for no limit")
+            value, hint = getattr(self, name), f"e.g. BatchBudget({name}=256), or None for no limit"
+            if value is not None:
+                check_integer(value, f"the batch budget's {name}", hint)
+                if value < 1:
+                    raise PatchscopesError(f"the batch budget's {name} must be at least 1, got {value}", hint=hint)
 
     def rows_per_batch(self, tokens_per_row: int, bytes_per_row: int) -> int:
         """How many rows fit in one batch."""

@@ -59,12 +59,7 @@ def greedy_token_ids(
     batch_size: int = 32,
     progress=None,
 ) -> list[list[int]]:
-    """The token ids of the greedy continuations of ``prompts`` (as :func:`greedy_generate`, which decodes
-    them): each row ends before its first end-of-sequence token.
-
-    Raises:
-        PatchscopesError: An empty prompt, or ``max_new_tokens`` / ``batch_size`` below 1.
-    """
+    """The token ids of :func:`greedy_generate`'s continuations, each ending before its first end-of-sequence."""
     if max_new_tokens < 1:
         raise PatchscopesError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from patchscopes.engine.hooks import HookPlan, StopForward, block_output, installed, write_hook
+from patchscopes.engine.hooks import HookPlan, StopForward, capture_hook, installed, write_hook
 from patchscopes.errors import PatchscopesError
 from patchscopes.models import LanguageModel
 
@@ -56,16 +56,6 @@ def eager_attention(model: LanguageModel):
         yield
     finally:
         setter(before)
-
-
-def _read_hook(position: int, store: dict, key: object, stop: bool):
-    def hook(module, args, output):
-        store[key] = block_output(output)[0, position]
-        if stop:
-            raise StopForward
-        return output
-
-    return hook
 
 
 def _plan(hooks: dict[int, list]) -> HookPlan:
@@ -129,17 +119,18 @@ def state_jacobians(
         return None  # stopped early
 
     store: dict = {}
+    zero = torch.tensor([0])  # one row, read at its first token (the source position)
     with torch.no_grad():
-        logits = forward({layer: [_read_hook(0, store, layer, False)] for layer in layers})
-    h = torch.stack([store[layer].detach() for layer in layers])
+        logits = forward({layer: [capture_hook(zero, zero, store, layer, False, detach=False)] for layer in layers})
+    h = torch.stack([store[layer][0].detach() for layer in layers])
 
     def z_of(deltas: torch.Tensor) -> torch.Tensor:
         out: dict = {}
         # the shift is added without writing in place into the model's tensors, so vmap batches the backward
         hooks = {layer: [write_hook([0], [0], deltas[k][None], [True])] for k, layer in enumerate(layers)}
-        hooks.setdefault(tgt, []).append(_read_hook(rel_tgt, out, "z", True))
+        hooks.setdefault(tgt, []).append(capture_hook(zero, torch.tensor([rel_tgt]), out, "z", True, detach=False))
         forward(hooks)
-        return out["z"]
+        return out["z"][0]
 
     params = list(model.hf.parameters())
     saved = [p.requires_grad for p in params]

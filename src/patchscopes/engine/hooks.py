@@ -36,12 +36,14 @@ def with_block_output(output: object, hidden: torch.Tensor) -> object:
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def capture_hook(rows: torch.Tensor, cols: torch.Tensor, store: dict, key: object, stop: bool) -> Callable:
-    """A hook that saves ``output[rows, cols]`` under ``store[key]`` and optionally stops the forward."""
+def capture_hook(rows: torch.Tensor, cols: torch.Tensor, store: dict, key: object, stop: bool,
+                 detach: bool = True) -> Callable:
+    """A hook saving ``output[rows, cols]`` in ``store[key]`` (a copy unless ``detach=False``); it may stop the run."""
 
     def hook(module, args, output):
         hidden = block_output(output)
-        store[key] = hidden[rows.to(hidden.device), cols.to(hidden.device)].detach().clone()
+        value = hidden[rows.to(hidden.device), cols.to(hidden.device)]
+        store[key] = value.detach().clone() if detach else value
         if stop:
             raise StopForward
         return output

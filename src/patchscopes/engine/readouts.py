@@ -7,8 +7,6 @@ as part of the paper's notation (:mod:`patchscopes.scope`).
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field, fields
@@ -16,20 +14,8 @@ from dataclasses import InitVar, dataclass, field, fields
 import torch
 
 from patchscopes.engine.unembedding import logits_of, top_k_logprobs
-from patchscopes.errors import PatchscopesError
+from patchscopes.errors import PatchscopesError, check_integer, check_real
 from patchscopes.models import LanguageModel
-
-
-def check_integer(value: object, name: str) -> None:
-    """Refuse a readout field that is not a whole number (bools and floats included)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PatchscopesError(f"{name} must be a whole number, got {value!r}")
-
-
-def check_real(value: object, name: str) -> None:
-    """Refuse a readout field that is not a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise PatchscopesError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -84,18 +70,15 @@ class Generate:
         if top_k is not None:
             warnings.warn("Generate(top_k=...) is deprecated: use sample_top_k", DeprecationWarning, stacklevel=3)
             object.__setattr__(self, "sample_top_k", top_k)
-        for f in fields(self):  # the types first, so that the comparisons below cannot fail
-            if f.name in ("max_new_tokens", "top_k", "sample_top_k", "seed", "top_tokens"):
-                check_integer(getattr(self, f.name), f.name)
-            elif f.name in ("temperature", "top_p"):
-                check_real(getattr(self, f.name), f.name)
-        if not isinstance(self.stop, (str, list, tuple)):
-            raise PatchscopesError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        for name in ("max_new_tokens", "sample_top_k", "seed", "top_tokens"):  # types first: the checks below compare
+            check_integer(getattr(self, name), name)
+        for name in ("temperature", "top_p"):
+            check_real(getattr(self, name), name)
         # One string or a list of stops is accepted too; kept as a tuple so the readout stays hashable.
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if not all(isinstance(s, str) for s in stop):
-            raise PatchscopesError(f"stop strings must be strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", stop)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise PatchscopesError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
         if self.do_sample and not self.temperature > 0:
             raise PatchscopesError(f"the sampling temperature must be positive, got {self.temperature}",
                                    hint="use do_sample=False for greedy decoding")
