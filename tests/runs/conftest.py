@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from patchscopes.runs import LocalExecutor
+
 
 def assert_same_readings(got, expected, *, exact: bool = False, atol: float = 1e-5) -> None:
     """Two lists of PatchResults agree: coordinates and readings (exactly, or probabilities within ``atol``)."""
@@ -63,3 +65,20 @@ def killed():
 def count_files():
     """:func:`finished_shards` as a fixture."""
     return finished_shards
+
+
+class CountingExecutor(LocalExecutor):
+    """Runs shards here and counts them."""
+
+    def __init__(self) -> None:
+        self.shards = 0
+
+    def run_shards(self, scopes, jobs, shards, **kwargs):
+        self.shards += len(shards)
+        yield from super().run_shards(scopes, jobs, shards, **kwargs)
+
+
+@pytest.fixture
+def counting_executor() -> type[CountingExecutor]:
+    """An executor that runs shards here and counts them (``counting_executor()``, then ``.shards``)."""
+    return CountingExecutor

@@ -11,21 +11,10 @@ import warnings
 import pytest
 
 import patchscopes as ps
-from patchscopes.runs import CorruptShardWarning, LocalExecutor
+from patchscopes.runs import CorruptShardWarning
 
 PROMPTS = ["The cat sat on the mat", "Paris is in France"]
 SHARD = 16
-
-
-class CountingExecutor(LocalExecutor):
-    """Runs shards here and counts them."""
-
-    def __init__(self) -> None:
-        self.shards = 0
-
-    def run_shards(self, scopes, jobs, shards, **kwargs):
-        self.shards += len(shards)
-        yield from super().run_shards(scopes, jobs, shards, **kwargs)
 
 
 def cut_mid_line(text: str) -> str:
@@ -70,9 +59,9 @@ def uninterrupted(tiny_llama, tmp_path_factory):
     return scopes, results
 
 
-def resume(scopes, model, folder):
-    """Run again on ``folder``: the results, the number of shards run, and the warnings."""
-    counter = CountingExecutor()
+def resume(scopes, model, folder, counter):
+    """Run again on ``folder`` with ``counter`` (a counting executor): the results, the number of shards run, and
+    the warnings."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = ps.run(scopes, model, shard_size=SHARD, run_dir=folder, executor=counter)
@@ -80,7 +69,8 @@ def resume(scopes, model, folder):
 
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_a_damaged_shard_is_reported_redone_and_never_used(case, tmp_path, tiny_llama, uninterrupted, same_readings):
+def test_a_damaged_shard_is_reported_redone_and_never_used(case, tmp_path, tiny_llama, uninterrupted, same_readings,
+                                                          counting_executor):
     scopes, expected = uninterrupted
     folder = tmp_path / "run"
     ps.run(scopes, tiny_llama, shard_size=SHARD, run_dir=folder)
@@ -90,13 +80,13 @@ def test_a_damaged_shard_is_reported_redone_and_never_used(case, tmp_path, tiny_
         shard.write_bytes(os.urandom(shard.stat().st_size))
     else:
         shard.write_text(damage(shard.read_text(encoding="utf-8")), encoding="utf-8")
-    results, redone, reports = resume(scopes, tiny_llama, folder)
+    results, redone, reports = resume(scopes, tiny_llama, folder, counting_executor())
     assert redone == 1
     assert len(reports) == 1 and "\n" not in str(reports[0].message)
     assert shard.name in str(reports[0].message) and "running it again" in str(reports[0].message)
     same_readings(results, expected, exact=True)
     assert [r.to_record() for r in results] == [r.to_record() for r in expected]
-    again, redone, reports = resume(scopes, tiny_llama, folder)  # the redone shard is whole again
+    again, redone, reports = resume(scopes, tiny_llama, folder, counting_executor())  # the redone shard is whole again
     assert redone == 0 and not reports
     same_readings(again, expected, exact=True)
 
@@ -134,12 +124,13 @@ def old_shards(folder) -> None:
         shard.write_text(shard.read_text(encoding="utf-8").partition("\n")[2], encoding="utf-8")
 
 
-def test_shards_of_0_2_are_read_and_their_records_checked(tmp_path, tiny_llama, uninterrupted, same_readings):
+def test_shards_of_0_2_are_read_and_their_records_checked(tmp_path, tiny_llama, uninterrupted, same_readings,
+                                                        counting_executor):
     scopes, expected = uninterrupted
     folder = tmp_path / "run"
     ps.run(scopes, tiny_llama, shard_size=SHARD, run_dir=folder)
     old_shards(folder)
-    results, redone, reports = resume(scopes, tiny_llama, folder)
+    results, redone, reports = resume(scopes, tiny_llama, folder, counting_executor())
     assert redone == 0 and not reports  # accepted without a checksum
     same_readings(results, expected, exact=True)
     shard = sorted((folder / "shards").glob("*.jsonl"))[0]
@@ -147,18 +138,18 @@ def test_shards_of_0_2_are_read_and_their_records_checked(tmp_path, tiny_llama, 
     record = json.loads(lines[0])
     del record["top_token_ids"]
     shard.write_text(json.dumps(record) + "\n" + "".join(lines[1:]), encoding="utf-8")
-    results, redone, reports = resume(scopes, tiny_llama, folder)
+    results, redone, reports = resume(scopes, tiny_llama, folder, counting_executor())
     assert redone == 1 and len(reports) == 1 and "lacks top_token_ids" in str(reports[0].message)
     same_readings(results, expected, exact=True)
 
 
-def test_a_shard_without_its_header_in_a_new_run_dir_is_redone(tmp_path, tiny_llama, uninterrupted):
+def test_a_shard_without_its_header_in_a_new_run_dir_is_redone(tmp_path, tiny_llama, uninterrupted, counting_executor):
     scopes, _ = uninterrupted
     folder = tmp_path / "run"
     ps.run(scopes, tiny_llama, shard_size=SHARD, run_dir=folder)
     shard = sorted((folder / "shards").glob("*.jsonl"))[0]
     shard.write_text(shard.read_text(encoding="utf-8").partition("\n")[2], encoding="utf-8")
-    _, redone, reports = resume(scopes, tiny_llama, folder)
+    _, redone, reports = resume(scopes, tiny_llama, folder, counting_executor())
     assert redone == 1 and "header" in str(reports[0].message)
 
 

@@ -7,36 +7,26 @@ import json
 import pytest
 
 import patchscopes as ps
-from patchscopes.runs import LocalExecutor, RunDir, RunOptions
+from patchscopes.runs import RunDir, RunOptions
 from patchscopes.storage import atomic_write
 
 PROMPTS = ["The cat sat on the mat", "Paris is in France"]
-
-
-class CountingExecutor(LocalExecutor):
-    """Runs shards here and counts them."""
-
-    def __init__(self) -> None:
-        self.shards = 0
-
-    def run_shards(self, scopes, jobs, shards, **kwargs):
-        self.shards += len(shards)
-        yield from super().run_shards(scopes, jobs, shards, **kwargs)
 
 
 def scopes_of(model):
     return ps.plan_sweep(model, PROMPTS, "token-identity", layers="all", positions="all")
 
 
-def test_a_run_dir_changes_nothing_and_a_second_run_reads_every_shard(tmp_path, tiny_llama, same_readings):
+def test_a_run_dir_changes_nothing_and_a_second_run_reads_every_shard(tmp_path, tiny_llama, same_readings,
+                                                                      counting_executor):
     scopes = scopes_of(tiny_llama)
     plain = ps.run(scopes, tiny_llama, shard_size=9)
-    first = CountingExecutor()
+    first = counting_executor()
     kept = ps.run(scopes, tiny_llama, shard_size=9, run_dir=tmp_path / "run", executor=first)
     shards = -(-len(scopes) // 9)
     assert first.shards == shards
     assert len(list((tmp_path / "run" / "shards").glob("*.jsonl"))) == shards
-    again = CountingExecutor()
+    again = counting_executor()
     resumed = ps.run(scopes, tiny_llama, shard_size=9, run_dir=tmp_path / "run", executor=again)
     assert again.shards == 0
     same_readings(plain, kept, exact=True)
@@ -45,13 +35,14 @@ def test_a_run_dir_changes_nothing_and_a_second_run_reads_every_shard(tmp_path, 
     assert manifest["command"] == "run" and manifest["models"][0]["name"] == "tiny-llama"
 
 
-def test_a_lost_shard_is_redone_and_a_leftover_temporary_file_is_ignored(tmp_path, tiny_llama, same_readings):
+def test_a_lost_shard_is_redone_and_a_leftover_temporary_file_is_ignored(tmp_path, tiny_llama, same_readings,
+                                                                          counting_executor):
     scopes = scopes_of(tiny_llama)
     done = ps.run(scopes, tiny_llama, shard_size=16, run_dir=tmp_path / "run")
     files = sorted((tmp_path / "run" / "shards").glob("*.jsonl"))
     files[1].unlink()  # a shard the kill cut off: only its temporary file is there, half written
     (files[1].parent / f".{files[1].name}.abc.tmp").write_text('{"top_tokens": ["a"')
-    counter = CountingExecutor()
+    counter = counting_executor()
     resumed = ps.run(scopes, tiny_llama, shard_size=16, run_dir=tmp_path / "run", executor=counter)
     assert counter.shards == 1
     same_readings(done, resumed, exact=True)
@@ -99,14 +90,14 @@ def test_cached_steps_and_atomic_writes(tmp_path):
     assert list(tmp_path.glob("*out.json*")) == []  # neither the file nor its temporary copy
 
 
-def test_an_experiment_resumes_from_its_run_dir(tmp_path, tiny_llama):
+def test_an_experiment_resumes_from_its_run_dir(tmp_path, tiny_llama, counting_executor):
     from patchscopes.experiments.next_token import next_token_samples
 
     docs = ["The quick brown fox jumps over the lazy dog. " * 3, "A stitch in time saves nine. " * 3]
     options = dict(samples=4, methods=["logit-lens", "token-identity"], max_tokens=24, batch_samples=2)
     plain = next_token_samples(tiny_llama, docs, **options)
     kept = next_token_samples(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run"), **options)
-    counter = CountingExecutor()
+    counter = counting_executor()
     resumed = next_token_samples(tiny_llama, docs, options=RunOptions(run_dir=tmp_path / "run", executor=counter),
                                  **options)
     assert counter.shards == 0
@@ -172,14 +163,14 @@ def test_soft_prompt_vectors_are_part_of_a_shards_key(tmp_path, tiny_llama):
     assert first[0].readings.top_probs != other[0].readings.top_probs
 
 
-def test_baselines_go_through_the_executor_and_the_run_dir(tmp_path, tiny_llama):
+def test_baselines_go_through_the_executor_and_the_run_dir(tmp_path, tiny_llama, counting_executor):
     """The unpatched runs are jobs like the patches: run by the executor, kept in shards, read back on resume."""
     scopes = scopes_of(tiny_llama)
-    first = CountingExecutor()
+    first = counting_executor()
     kept = ps.run(scopes, tiny_llama, baseline=True, shard_size=9, run_dir=tmp_path / "run", executor=first)
     shards = -(-(len(scopes) + 1) // 9)  # one baseline: every scope shares the identity prompt and readout
     assert first.shards == shards
-    again = CountingExecutor()
+    again = counting_executor()
     resumed = ps.run(scopes, tiny_llama, baseline=True, shard_size=9, run_dir=tmp_path / "run", executor=again)
     assert again.shards == 0
     plain = ps.run(ps.Patchscope(None, ps.Target(scopes[0].target.prompt, 0), scopes[0].readout), tiny_llama)[0]
