@@ -204,6 +204,8 @@ def test_any_sweep_options_plan_or_raise_a_patchscopes_error(tiny_llama, layers,
 @given(value=any_text, prompt=st.one_of(st.just("The Eiffel Tower is in Paris"), st.text(min_size=1, max_size=8)))
 @example(value="Eiffel", prompt="The Eiffel Tower is in Paris")
 @example(value="Eiffel,Tower", prompt="The Eiffel Tower is in Paris")
+@example(value="all 0", prompt=" ")  # found by hypothesis: a prompt of spaces has no word to give as an example
+@example(value="a", prompt=" ")
 def test_position_options_are_a_spec_words_or_an_error(value, prompt):
     try:
         spec = opt.position_spec(value, prompt)

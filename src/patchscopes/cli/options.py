@@ -182,9 +182,11 @@ def position_spec(value: str, prompt: str, option: str = "--positions") -> str |
                                         f"{parts[0] if parts[0] not in numeric else 'Eiffel'})") from None
         missing = [part for part in parts if part not in prompt]
         if missing:
+            words = prompt.split()
+            example = f"give words of the prompt, e.g. {option} {words[0]!r}" if words else "give a SPEC"
             raise PatchscopesError(
                 f"{option} {value!r}: {missing[0]!r} is neither a position SPEC nor a word of the prompt {prompt!r}",
-                hint=f"{err.hint}; or give words of the prompt, e.g. {option} {prompt.split()[0]!r}") from None
+                hint=f"{err.hint}; or {example}" if err.hint else example) from None
         return parts
 
 
