@@ -8,9 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from hypothesis import settings
 
 import patchscopes as ps
 from patchscopes.testing import TINY_FAMILIES, byte_tokenizer, sharpen, tiny_config, tiny_model
+
+# CI (CI=true, as .ci/run runs) draws the same hypothesis examples every time, so a red run is the change's and can
+# be replayed; a developer's run draws new ones each time (`pytest --hypothesis-seed=N` replays one).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # The models here are small: one thread is as fast, and several threads on a shared, busy CPU spin-wait
 # for each other (tiny forwards then get a hundred times slower).
