@@ -26,13 +26,23 @@ import torch
 
 from patchscopes.errors import PatchscopesError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import (setting it is the only way to read it; later, threads may be writing files)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """An empty temporary file in ``path``'s folder, with the permissions a plain ``open(path, "w")`` would give
+    (``mkstemp`` makes it private, 0600, which the renamed output would keep)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)
+    return Path(name)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk and rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temporary_beside(path)
     try:
         write(tmp)
         with tmp.open("rb") as handle:
@@ -71,11 +81,9 @@ def write_output(path: str | Path, write: Callable[[Path], None], what: str = "t
     try:
         _check_parents(path.parent, failed, named=path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = _temporary_beside(path)
     except OSError as err:
         raise _unwritable(path, failed, err) from err
-    tmp = Path(name)
     try:
         write(tmp)
         with tmp.open("rb") as handle:
