@@ -188,3 +188,17 @@ def test_describe_vectors_checks_its_outputs_before_reading_anything(tmp_path, a
                     "--json", tmp_path / "ok.json", "--csv", a_file / "x.csv")
     assert_refused(result, "--csv", "is a file, not a folder")
     assert not (tmp_path / "ok.json").exists()
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """The temporary file of an atomic write is private (0600); the output it becomes is not."""
+    import os
+
+    from patchscopes.storage import atomic_write, write_output_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_output_text(tmp_path / "out.json", "{}")
+    atomic_write(tmp_path / "state.json", lambda tmp: tmp.write_text("{}"))
+    for path in (written, tmp_path / "state.json"):
+        assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777, path
