@@ -163,6 +163,15 @@ def test_sae_folder_missing_a_tensor(tmp_path, tiny_llama):
         ps.load_sae(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("name", ["W_dec", "threshold"])
+def test_sae_with_nan_weights_is_refused_naming_the_tensor(tmp_path, name):
+    tensors = write_saelens_folder(tmp_path / "sae", 8, 4, threshold=True)
+    tensors[name][1] = float("nan")
+    save_file(tensors, str(tmp_path / "sae" / "sae_weights.safetensors"))
+    with pytest.raises(PatchscopesError, match=f"the tensor '{name}' holds [0-9]+ NaN or infinite"):
+        ps.load_sae(tmp_path / "sae")
+
+
 @pytest.mark.parametrize(("vectors", "match"), [
     (torch.ones(2, 7), r"shape \(2, 7\), but the model's states have width 32"),
     (torch.tensor([[1.0] * 31 + [float("nan")]]), "vector 0 has NaN or infinite entries"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from patchscopes.errors import PatchscopesError
+from patchscopes.storage import read_safetensors
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -108,11 +109,8 @@ def load_sae(path: str | Path) -> SAE:
 
     Raises:
         PatchscopesError: The folder or a file is missing, a tensor is missing, the shapes disagree with each
-            other or with the config, or a weight is not finite.
+            other or with the config, or a weight is not finite (:func:`~patchscopes.storage.read_safetensors`).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(path)
     if not folder.is_dir():
         raise PatchscopesError(f"no SAE folder at {folder}",
@@ -129,11 +127,8 @@ def load_sae(path: str | Path) -> SAE:
     if not isinstance(cfg, dict):
         raise PatchscopesError(f"{folder / CONFIG_FILE} must hold a JSON object",
                                hint="SAELens writes its config as one")
-    try:
-        tensors = load_file(str(folder / WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise PatchscopesError(f"cannot read {folder / WEIGHTS_FILE} ({err})",
-                               hint="the file must be a safetensors file written by SAELens") from err
+    _, tensors = read_safetensors(folder / WEIGHTS_FILE, "the SAE",  # NaN or infinite weights refused, by name
+                                  hint="the file must be a safetensors file written by SAELens")
     missing = [name for name in TENSORS if name not in tensors]
     if missing:
         raise PatchscopesError(f"{folder / WEIGHTS_FILE} has no tensor {', '.join(missing)}",
@@ -155,7 +150,4 @@ def load_sae(path: str | Path) -> SAE:
     threshold = tensors.get("threshold")
     if threshold is not None:
         threshold = threshold.float()
-    if not all(torch.isfinite(t).all() for t in (w_enc, w_dec, b_enc, b_dec)):
-        raise PatchscopesError(f"the SAE in {folder} has NaN or infinite weights",
-                               hint="the SAE's training diverged, or the file is damaged")
     return SAE(w_enc, w_dec, b_enc, b_dec, cfg=cfg, threshold=threshold, path=str(folder))
