@@ -16,9 +16,8 @@ from rich.table import Table
 from patchscopes.cli import options as opt
 from patchscopes.cli.app import app, console
 from patchscopes.errors import PatchscopesError
-from patchscopes.experiments.vectors import describe_vectors, select_vectors, vectors_html
+from patchscopes.experiments.vectors import describe_vectors, vectors_html
 from patchscopes.models import DEFAULT_MODEL
-from patchscopes.runs import RunOptions
 from patchscopes.specs import check_spec
 from patchscopes.storage import write_output, write_output_text
 from patchscopes.vectors import SAE, load_vectors
@@ -120,11 +119,11 @@ def describe_vectors_command(
         raise PatchscopesError("no layer to write the vectors at",
                                hint="pass --layer L, or give an SAE whose cfg.json names its hook")
     lm = runtime.load(model)
-    select_vectors(lm, vectors, None if features in (None, "all") else features)  # width, NaN, range: exit 2
+    # describe_vectors checks the vectors' width, NaN/inf and the feature range before anything runs (exit 2)
     df = describe_vectors(lm, vectors, layer=chosen_layer, scales=grid, prompt=prompt,
                           features=None if features in (None, "all") else features, max_new_tokens=max_new_tokens,
                           select=pick, signal_layer=signal_layer, signals=signals,
-                          options=RunOptions(engine=runtime.engine, progress=True))  # type: ignore[arg-type]
+                          options=runtime.options())
     console.print(table(df, lm.name))
     if json_path is not None:  # atomically, and none of them if one fails (storage.write_output)
         write_output_text(json_path, json.dumps(df.to_dict(orient="records"), indent=1, ensure_ascii=False),

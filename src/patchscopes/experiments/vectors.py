@@ -307,10 +307,9 @@ def describe_vectors(
     grid = scale_grid(model, where, layer, scales)
     n, k = len(indices), len(grid)
     scale_matrix = torch.tensor(grid, dtype=torch.float32).expand(n, k)
-    name = "embeddings" if layer == "embeddings" else layer
     readout = Generate(max_new_tokens=max_new_tokens, stop=tuple(stop), top_tokens=1)
     scopes = [Patchscope(None, Target(where.ids, 0, writes=tuple(
-        Write(name, p, directions[i] * float(s)) for p in where.positions)), readout)
+        Write(layer, p, directions[i] * float(s)) for p in where.positions)), readout)
         for i in range(n) for s in grid]
     results = run(scopes, model, **options.run_kwargs())
     if signals:
