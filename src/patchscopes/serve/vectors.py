@@ -9,7 +9,6 @@ scales or tokens than the server's limits allow is a 413.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -18,8 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchscopes.experiments.vectors import describe_vectors
+from patchscopes.experiments.vectors import AUTO_FACTORS, describe_vectors
 from patchscopes.models import LanguageModel
+from patchscopes.results import to_records
 from patchscopes.serve.pool import Cancelled
 from patchscopes.serve.queries import Limits, RequestProblem
 
@@ -76,7 +76,7 @@ def check_vector_query(query: DescribeVectorQuery, limits: Limits) -> list[float
     Raises:
         RequestProblem: Too many scales or tokens (413), or an unreadable vector (400).
     """
-    n_scales = 8 if query.scales == "auto" else len(query.scales)
+    n_scales = len(AUTO_FACTORS) if query.scales == "auto" else len(query.scales)
     most = min(MAX_SCALES, limits.max_generations)
     if n_scales > most:
         raise RequestProblem(413, f"{n_scales} scales asked for; this server tries at most {most}",
@@ -93,11 +93,7 @@ def vector_records(model: LanguageModel, query: DescribeVectorQuery, vector: lis
 
     df = describe_vectors(model, torch.tensor(vector, dtype=torch.float32), layer=query.layer, scales=query.scales,
                           prompt=query.prompt, max_new_tokens=query.max_new_tokens)
-    records = []
-    for row in df.to_dict(orient="records"):
-        records.append({k: (bool(v) if k == "chosen" else float(v) if isinstance(v, float) and math.isfinite(v)
-                            else v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-    return records
+    return to_records(df)
 
 
 def add_vector_routes(app: FastAPI, limits: Limits, worker_for: Callable[[str | None], Awaitable],
