@@ -25,16 +25,10 @@ codecs.register_error(_HEX_ERRORS, _hex_bytes)
 
 @functools.cache
 def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's printable stand-in character of each byte (``bytes_to_unicode``), inverted."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    """GPT-2's printable stand-in character of each byte (transformers' ``bytes_to_unicode``), inverted."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def token_bytes(tokenizer, token_id: int) -> bytes | None:

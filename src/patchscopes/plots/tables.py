@@ -6,6 +6,8 @@ notebook; :func:`text_tables` renders them to a string.
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 from rich.cells import cell_len
 from rich.console import Console
@@ -101,18 +103,8 @@ def _baseline_text(rec: dict, width: int | None) -> str:
 def text_tables(frame: pd.DataFrame, *, width: int = 100) -> str:
     """:func:`results_tables` of ``frame`` and its legend (:func:`table_legend`), rendered as plain text lines of
     at most ``width`` columns (box-drawing characters, no colour)."""
-    console = Console(width=width, record=True, color_system=None, force_terminal=False, file=_Discard())
+    console = Console(width=width, record=True, color_system=None, force_terminal=False, file=io.StringIO())
     for table in results_tables(frame, width=width):
         console.print(table)
     console.print(Text(table_legend(frame)))
     return console.export_text()
-
-
-class _Discard:
-    """A file that keeps nothing (the console records what it prints)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
